@@ -1,0 +1,61 @@
+# Every target does its own set-up: a fresh clone needs only `make demo` or `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SERVICES := deploy/local/services.sh
+# Tests and the demo read the service addresses from here unless the environment sets them.
+SERVICES_ENV := .run/services.env
+PYTEST_EXIT := bash deploy/local/pytest-exit.sh
+
+.PHONY: setup services-up services-down services-status topics test test-unit test-integration \
+        test-reliability lint format demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+services-up:
+	@bash $(SERVICES) up
+
+services-down:
+	@bash $(SERVICES) down
+
+services-status:
+	@bash $(SERVICES) status
+
+topics: setup services-up
+	@set -a; source $(SERVICES_ENV); set +a; $(BIN)/loopwise topics create
+
+test-unit: setup
+	$(PYTEST_EXIT) $(BIN)/pytest -q tests/unit tests/contract agents/learning --doctest-modules
+
+test-integration: setup services-up
+	@set -a; source $(SERVICES_ENV); set +a; $(PYTEST_EXIT) $(BIN)/pytest -q tests/integration
+
+test: setup lint services-up
+	$(PYTEST_EXIT) $(BIN)/pytest -q tests/unit tests/contract agents/learning --doctest-modules
+	@set -a; source $(SERVICES_ENV); set +a; $(PYTEST_EXIT) $(BIN)/pytest -q tests/integration
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: setup services-up
+	@set -a; source $(SERVICES_ENV); set +a; $(BIN)/python -m streams.demo
+
+bench: setup services-up
+	@set -a; source $(SERVICES_ENV); set +a; $(BIN)/python -m bench.run_all
+
+clean:
+	@bash $(SERVICES) down || true
+	rm -rf .run $(VENV) .pytest_cache .ruff_cache

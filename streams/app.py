@@ -1,0 +1,111 @@
+"""The one faust App of Loopwise, its topics and tables, and the worker's shared resources.
+
+Everything else imports ``app`` from here; agents live in ``agents/`` and are imported
+explicitly by :mod:`streams.worker` (no autodiscovery).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import faust
+from faust.types import TopicT
+
+from streams.catalog import ItemCatalog
+from streams.config import Settings
+from streams.sinks.postgres_sink import PostgresRecords
+from streams.sinks.redis_sink import RedisLatestValues
+from streams.topics import get_topic
+
+log = logging.getLogger(__name__)
+
+settings = Settings.from_env()
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.kafka_bootstrap_servers}",
+    # The memory store rebuilds tables from their changelogs on start; the changelog, not
+    # local disk, is the source of truth (see README: state and recovery).
+    store="memory://",
+    datadir=str(settings.data_dir),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    processing_guarantee="at_least_once",
+    consumer_auto_offset_reset="earliest",
+    producer_acks=-1,
+    broker_commit_every=10_000,
+    broker_commit_interval=timedelta(seconds=1.0),
+    stream_buffer_maxsize=8192,
+    web_enabled=True,
+    web_bind=settings.web_host,
+    web_port=settings.web_port,
+    web_host=settings.web_host,
+    table_standby_replicas=0,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+
+
+def topic(*names: str) -> TopicT:
+    """A faust topic of raw bytes over one or more registry names (decoded by the agent)."""
+    specs = [get_topic(n) for n in names]
+    partitions = {s.partitions(settings) for s in specs}
+    if len(partitions) != 1:
+        raise ValueError(f"topics {names} have different partition counts: {partitions}")
+    return app.topic(
+        *(settings.topic(n) for n in names),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions.pop(),
+        replicas=settings.replication_factor,
+    )
+
+
+deadletter_topic = topic("deadletter")
+
+preferences_table = app.Table(
+    "preferences",
+    default=None,
+    key_type=str,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.partitions,
+)
+
+catalog = ItemCatalog(
+    settings.kafka_bootstrap_servers,
+    settings.topic("items"),
+    settings.item_dim,
+    settings.max_message_bytes,
+)
+redis_values = RedisLatestValues(
+    settings.redis_url,
+    key_prefix=f"{settings.topic_prefix}",
+    max_backoff_s=settings.sink_retry_max_s,
+)
+postgres = PostgresRecords(settings.database_url, max_backoff_s=settings.sink_retry_max_s)
+
+
+@app.on_before_configured.connect
+def _log_settings(app: faust.App, **kwargs: object) -> None:  # pragma: no cover - logging
+    log.info("loopwise settings: %s", settings)
+
+
+class Resources(faust.Service):
+    """Starts and stops the worker's non-Kafka resources with the app."""
+
+    async def on_start(self) -> None:
+        catalog.start()
+        await postgres.open()
+
+    async def on_stop(self) -> None:
+        catalog.stop()
+        await redis_values.close()
+        await postgres.close()
+
+
+resources = app.service(Resources)

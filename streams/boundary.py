@@ -1,0 +1,87 @@
+"""The first step of every agent's batch: decode, validate, dead-letter the rest.
+
+An agent calls :meth:`Boundary.split` on the events it took; it gets back only valid
+payloads with their source coordinates. Rejected messages are sent to the dead-letter topic
+(original bytes, topic/partition/offset, reason) and counted; nothing raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from faust.types import EventT, TopicT
+
+from streams.codecs import EventDecoder, Rejected, dead_letter, encode
+from streams.metrics import DEAD_LETTERS, EVENTS_IN, EVENTS_VALID
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Valid:
+    """A validated input event with where it came from."""
+
+    payload: dict[str, Any]
+    event: EventT
+
+    @property
+    def topic(self) -> str:
+        return self.event.message.topic
+
+    @property
+    def partition(self) -> int:
+        return self.event.message.partition
+
+    @property
+    def offset(self) -> int:
+        return self.event.message.offset
+
+    @property
+    def timestamp(self) -> float:
+        return self.event.message.timestamp
+
+
+class Boundary:
+    """Validation of several input topics for one agent, with the dead-letter sender."""
+
+    def __init__(
+        self,
+        agent: str,
+        decoders: dict[str, EventDecoder],
+        deadletter: TopicT,
+    ) -> None:
+        self.agent = agent
+        self.decoders = decoders
+        self.deadletter = deadletter
+
+    async def split(self, events: Sequence[EventT]) -> list[Valid]:
+        valid: list[Valid] = []
+        for event in events:
+            msg = event.message
+            EVENTS_IN.labels(topic=msg.topic, agent=self.agent).inc()
+            try:
+                payload = self.decoders[msg.topic](msg.value)
+            except Rejected as rejected:
+                await self.reject(event, rejected.kind, rejected.message)
+                continue
+            EVENTS_VALID.labels(topic=msg.topic, agent=self.agent).inc()
+            valid.append(Valid(payload, event))
+        return valid
+
+    async def reject(self, event: EventT, kind: str, message: str) -> None:
+        msg = event.message
+        record = dead_letter(
+            raw=msg.value,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=msg.key,
+            kind=kind,
+            message=message,
+        )
+        await self.deadletter.send(key=msg.topic.encode(), value=encode(record))
+        DEAD_LETTERS.labels(topic=msg.topic, reason=kind).inc()
+        log.info("dead letter %s:%d:%d %s: %s", msg.topic, msg.partition, msg.offset, kind, message)

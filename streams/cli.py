@@ -1,0 +1,204 @@
+"""``loopwise`` — the operators' command line.
+
+loopwise worker                  run a worker (agents, tables, HTTP on LOOPWISE_WEB_PORT)
+loopwise topics create           create every registry topic (idempotent)
+loopwise topics list             registry topics with their state on the broker
+loopwise produce TOPIC [FILE]    JSON lines from FILE or stdin, validated, keyed, produced
+loopwise dlq show [--limit N]    dead letters with reason and source coordinates
+loopwise dlq replay [--reason R] re-send dead-lettered originals that are valid now
+loopwise config                  every setting, its environment variable and value
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
+
+import orjson
+
+from streams.config import ConfigError, Settings, settings_table
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"loopwise: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    sys.argv = [sys.argv[0]]  # faust's Worker parses argv; ours are already consumed
+    run_worker()
+    return 0
+
+
+def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.kafka_admin import create_topics
+
+    for line in create_topics(settings):
+        print(line)
+    return 0
+
+
+def cmd_topics_list(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.kafka_admin import describe_topics
+
+    for line in describe_topics(settings):
+        print(line)
+    return 0
+
+
+def _read_lines(source: IO[bytes]) -> Iterable[tuple[int, bytes]]:
+    for number, line in enumerate(source, start=1):
+        line = line.strip()
+        if line:
+            yield number, line
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.codecs import EventDecoder, Rejected, key_of
+    from streams.kafka_admin import producer
+    from streams.topics import resolve
+
+    try:
+        spec = resolve(settings, args.topic)
+    except KeyError as exc:
+        return _fail(str(exc.args[0]))
+    decode = EventDecoder(spec.schema, settings.max_message_bytes)
+    target = settings.topic(spec.name)
+    prod = producer(settings)
+    sent = rejected = 0
+    source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
+    try:
+        for number, raw in _read_lines(source):
+            try:
+                event = decode(raw)
+            except Rejected as exc:
+                rejected += 1
+                print(f"line {number}: rejected ({exc.kind}): {exc.message}", file=sys.stderr)
+                continue
+            prod.produce(target, key=key_of(event, spec.key_field).encode(), value=raw)
+            prod.poll(0)
+            sent += 1
+    finally:
+        if args.file:
+            source.close()
+    remaining = prod.flush(30)
+    if remaining:
+        return _fail(f"{remaining} messages were not delivered within 30 s", 1)
+    print(f"produced {sent} events to {target}; rejected {rejected}", file=sys.stderr)
+    return 1 if rejected else 0
+
+
+def _dead_letters(settings: Settings, limit: int | None) -> list[dict[str, Any]]:
+    from streams.kafka_admin import read_topic
+
+    return [orjson.loads(v) for _, v in read_topic(settings, settings.topic("deadletter"), limit)]
+
+
+def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
+    letters = _dead_letters(settings, args.limit)
+    for dl in letters:
+        src = dl["source"]
+        if args.reason and dl["error_kind"] != args.reason:
+            continue
+        print(
+            f"{src['topic']}:{src['partition']}:{src['offset']}  {dl['error_kind']:<18} "
+            f"{dl['error_message'][:120]}"
+        )
+    counts = Counter(dl["error_kind"] for dl in letters)
+    summary = ", ".join(f"{k}={v}" for k, v in counts.most_common()) or "none"
+    print(f"{len(letters)} dead letters: {summary}", file=sys.stderr)
+    return 0
+
+
+def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.codecs import EventDecoder, Rejected
+    from streams.kafka_admin import producer
+    from streams.topics import resolve
+
+    prod = producer(settings)
+    replayed = still_invalid = 0
+    for dl in _dead_letters(settings, args.limit):
+        if args.reason and dl["error_kind"] != args.reason:
+            continue
+        src = dl["source"]
+        raw = base64.b64decode(dl["original"])
+        try:
+            spec = resolve(settings, src["topic"])
+            EventDecoder(spec.schema, settings.max_message_bytes)(raw)
+        except (KeyError, Rejected) as exc:
+            still_invalid += 1
+            if args.verbose:
+                print(
+                    f"skip {src['topic']}:{src['partition']}:{src['offset']}: {exc}",
+                    file=sys.stderr,
+                )
+            continue
+        key = base64.b64decode(src["key"]) if src.get("key") else None
+        prod.produce(src["topic"], key=key, value=raw)
+        prod.poll(0)
+        replayed += 1
+    prod.flush(30)
+    print(f"replayed {replayed}; still invalid (left in place) {still_invalid}", file=sys.stderr)
+    return 0
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    for env, default, help_text in settings_table():
+        print(f"{env:<30} {default:<40} {help_text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loopwise", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run a worker").set_defaults(func=cmd_worker)
+
+    topics = sub.add_parser("topics", help="create or list topics").add_subparsers(
+        dest="topics_command", required=True
+    )
+    topics.add_parser("create", help="create every registry topic").set_defaults(
+        func=cmd_topics_create
+    )
+    topics.add_parser("list", help="list registry topics").set_defaults(func=cmd_topics_list)
+
+    produce = sub.add_parser("produce", help="produce JSON lines through validation")
+    produce.add_argument("topic", help="registry name (feedback.explicit) or full topic name")
+    produce.add_argument("file", nargs="?", help="JSON-lines file (default: stdin)")
+    produce.set_defaults(func=cmd_produce)
+
+    dlq = sub.add_parser("dlq", help="inspect or replay dead letters").add_subparsers(
+        dest="dlq_command", required=True
+    )
+    show = dlq.add_parser("show", help="print dead letters")
+    show.add_argument("--limit", type=int, default=None)
+    show.add_argument("--reason", default=None, help="only this error kind")
+    show.set_defaults(func=cmd_dlq_show)
+    replay = dlq.add_parser("replay", help="re-send originals that validate now")
+    replay.add_argument("--limit", type=int, default=None)
+    replay.add_argument("--reason", default=None, help="only this error kind")
+    replay.add_argument("-v", "--verbose", action="store_true")
+    replay.set_defaults(func=cmd_dlq_replay)
+
+    sub.add_parser("config", help="print settings").set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    return int(args.func(settings, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

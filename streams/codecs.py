@@ -1,0 +1,132 @@
+"""Decoding and validation at the boundary, and the dead-letter record.
+
+Agents never see raw bytes: :func:`decode_event` turns bytes into a validated dict or raises
+:class:`Rejected` with an error kind from :data:`ERROR_KINDS`; :func:`dead_letter` builds the
+record that carries the original bytes and source coordinates to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import fastjsonschema
+import orjson
+from schemas.registry import get_schema, validation_error_message
+
+ERROR_KINDS = (
+    "not_json",
+    "oversize",
+    "schema_violation",
+    "unknown_event_kind",
+    "unknown_item",
+    "dimension_mismatch",
+    "missing_session",
+    "quarantined",
+    "other",
+)
+
+
+class Rejected(Exception):
+    """An input event that cannot be processed; it goes to the dead-letter topic."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"unknown dead-letter kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def _has_non_finite(value: Any) -> bool:
+    # orjson refuses NaN/Infinity literals but turns 1e999 into inf; catch those here.
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+class EventDecoder:
+    """Bytes → validated dict for one schema; the one place input is checked."""
+
+    def __init__(self, schema_name: str, max_bytes: int) -> None:
+        self.schema = get_schema(schema_name)
+        self.max_bytes = max_bytes
+        self._validate: Callable[[Any], Any] = self.schema.validate
+
+    def __call__(self, raw: bytes | None) -> dict[str, Any]:
+        if raw is None:
+            raise Rejected("not_json", "empty message (tombstone) on an input topic")
+        if len(raw) > self.max_bytes:
+            raise Rejected("oversize", f"{len(raw)} bytes exceeds the limit of {self.max_bytes}")
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise Rejected("not_json", f"not JSON: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise Rejected(
+                "schema_violation", f"expected a JSON object, got {type(payload).__name__}"
+            )
+        try:
+            self._validate(payload)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            kind = "unknown_event_kind" if _is_kind_error(exc) else "schema_violation"
+            raise Rejected(kind, validation_error_message(exc)) from exc
+        if _has_non_finite(payload):
+            raise Rejected("schema_violation", "non-finite number (NaN or Infinity)")
+        return payload
+
+
+def _is_kind_error(exc: fastjsonschema.JsonSchemaValueException) -> bool:
+    path = exc.path if isinstance(exc.path, list | tuple) else []
+    return bool(path) and path[-1] in {"kind", "schema_version"}
+
+
+def dead_letter(
+    *,
+    raw: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    kind: str,
+    message: str,
+) -> dict[str, Any]:
+    """The dead-letter record for one rejected message (schema ``deadletter``).
+
+    The event id is derived from the source coordinates, so a message that is rejected
+    again after a crash and replay yields the same dead letter, not a new one.
+    """
+    return {
+        "event_id": f"dlq:{topic}:{partition}:{offset}",
+        "schema_version": 1,
+        "ts": int(time.time() * 1000),
+        "source": {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key": base64.b64encode(key).decode() if key is not None else None,
+        },
+        "error_kind": kind,
+        "error_message": message[:2048],
+        "original": base64.b64encode(raw or b"").decode(),
+    }
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """Output events are orjson bytes; numpy arrays and scalars are serialized natively."""
+    return orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def key_of(event: dict[str, Any], key_field: str) -> str:
+    """The Kafka key of an event, following a dotted path (``source.topic``)."""
+    value: Any = event
+    for part in key_field.split("."):
+        value = value[part]
+    return str(value)

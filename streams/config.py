@@ -1,0 +1,276 @@
+"""Typed settings read from the environment, validated once at start-up.
+
+Every knob has an environment variable (see ``SETTINGS_DOC`` / the README table). A bad value
+stops the process with a message naming the variable, the value and what was expected,
+instead of failing later inside a library.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting from the environment is missing or malformed."""
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def _parse_float_map(raw: str) -> dict[str, float]:
+    """``"new=0.3,power=0.05"`` → ``{"new": 0.3, "power": 0.05}``."""
+    result: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"expected name=value pairs separated by commas, got {part!r}")
+        result[name.strip()] = float(value)
+    return result
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    help: str
+    parse: Callable[[str], Any] = str
+    check: Callable[[Any], bool] | None = None
+    expected: str = ""
+
+
+def _setting(default: Any, env: str, help: str, **kwargs: Any) -> Any:
+    metadata = {"setting": Setting(env=env, help=help, **kwargs), "default": default}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _probability(value: float) -> bool:
+    return 0 < value <= 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime configuration. Build with :meth:`from_env`."""
+
+    kafka_bootstrap_servers: str = _setting(
+        "127.0.0.1:9092", "KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers, host:port[,...]"
+    )
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6390/0", "REDIS_URL", "Redis URL for latest values"
+    )
+    database_url: str = _setting(
+        "postgresql://loopwise:loopwise@127.0.0.1:5440/loopwise",
+        "DATABASE_URL",
+        "PostgreSQL URL for durable records",
+    )
+    topic_prefix: str = _setting(
+        "loopwise.", "LOOPWISE_TOPIC_PREFIX", "prefix of every topic name (and of Redis keys)"
+    )
+    app_id: str = _setting(
+        "loopwise", "LOOPWISE_APP_ID", "consumer group / faust app id (changelog topic prefix)"
+    )
+    partitions: int = _setting(
+        4,
+        "LOOPWISE_PARTITIONS",
+        "partitions of keyed topics; a multiple of LOOPWISE_EXPECTED_WORKERS",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    expected_workers: int = _setting(
+        2,
+        "LOOPWISE_EXPECTED_WORKERS",
+        "workers the partition count is planned for",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    replication_factor: int = _setting(
+        1,
+        "LOOPWISE_REPLICATION_FACTOR",
+        "replication factor of created topics",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    batch_size: int = _setting(
+        500,
+        "LOOPWISE_BATCH_SIZE",
+        "maximum events an agent takes per batch",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    batch_within_s: float = _setting(
+        0.2,
+        "LOOPWISE_BATCH_WITHIN_S",
+        "seconds an agent waits to fill a batch",
+        parse=float,
+        check=_positive,
+        expected="a positive number",
+    )
+    web_host: str = _setting("127.0.0.1", "LOOPWISE_WEB_HOST", "worker HTTP bind address")
+    web_port: int = _setting(
+        6066,
+        "LOOPWISE_WEB_PORT",
+        "worker HTTP port (/health, /ready, /metrics)",
+        parse=int,
+        check=lambda p: 0 < p < 65536,
+        expected="a TCP port",
+    )
+    data_dir: Path = _setting(
+        REPO_ROOT / ".run" / "worker-data",
+        "LOOPWISE_DATA_DIR",
+        "directory for the worker's local state",
+        parse=Path,
+    )
+    item_dim: int = _setting(
+        32,
+        "LOOPWISE_ITEM_DIM",
+        "dimension of item feature and user preference vectors",
+        parse=int,
+        check=lambda d: 0 < d <= 1024,
+        expected="an integer in 1..1024",
+    )
+    base_alpha: float = _setting(
+        0.1,
+        "LOOPWISE_BASE_ALPHA",
+        "base learning rate of the preference EMA",
+        parse=float,
+        check=_probability,
+        expected="a number in (0, 1]",
+    )
+    max_alpha: float = _setting(
+        0.5,
+        "LOOPWISE_MAX_ALPHA",
+        "upper clip of the per-event EMA rate",
+        parse=float,
+        check=_probability,
+        expected="a number in (0, 1]",
+    )
+    type_multipliers: dict[str, float] = _setting(
+        {
+            "rating": 1.0,
+            "like": 1.0,
+            "dislike": 1.0,
+            "save": 1.2,
+            "share": 1.5,
+            "impression": 0.02,
+            "view": 0.1,
+            "click": 0.3,
+            "dwell": 0.2,
+            "conversion": 1.0,
+        },
+        "LOOPWISE_TYPE_MULTIPLIERS",
+        "per-kind EMA multipliers, e.g. 'like=1,click=0.3' (merged with the defaults)",
+        parse=_parse_float_map,
+        expected="name=number pairs separated by commas",
+    )
+    max_message_bytes: int = _setting(
+        1_000_000,
+        "LOOPWISE_MAX_MESSAGE_BYTES",
+        "input messages larger than this are dead-lettered before parsing",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    sink_retry_max_s: float = _setting(
+        5.0,
+        "LOOPWISE_SINK_RETRY_MAX_S",
+        "longest back-off between retries of a transient Redis/PostgreSQL fault",
+        parse=float,
+        check=_positive,
+        expected="a positive number",
+    )
+    log_level: str = _setting(
+        "info",
+        "LOOPWISE_LOG_LEVEL",
+        "worker log level",
+        check=lambda v: v.lower() in {"debug", "info", "warning", "error"},
+        expected="debug, info, warning or error",
+    )
+    crash_at: str = _setting(
+        "",
+        "LOOPWISE_CRASH_AT",
+        "test hook: exit at a processing boundary (after_table, after_redis, ...)",
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``environ`` (default ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        errors: list[str] = []
+        for f in fields(cls):
+            spec: Setting = f.metadata["setting"]
+            raw = env.get(spec.env)
+            if raw is None:
+                continue
+            try:
+                value = spec.parse(raw)
+            except ValueError as exc:
+                errors.append(f"{spec.env}={raw!r}: {exc}")
+                continue
+            if f.name == "type_multipliers":
+                value = {**f.metadata["default"], **value}
+            if spec.check is not None and not spec.check(value):
+                errors.append(f"{spec.env}={raw!r}: expected {spec.expected}")
+                continue
+            values[f.name] = value
+        settings = cls(**values)
+        errors.extend(settings._cross_field_errors())
+        if errors:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+        return settings
+
+    def _cross_field_errors(self) -> list[str]:
+        errors = []
+        if self.partitions % self.expected_workers:
+            errors.append(
+                f"LOOPWISE_PARTITIONS={self.partitions} is not a multiple of "
+                f"LOOPWISE_EXPECTED_WORKERS={self.expected_workers}: workers would get "
+                "unequal shares of the keys"
+            )
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            errors.append(f"REDIS_URL={self.redis_url!r}: expected redis://, rediss:// or unix://")
+        if not self.database_url.startswith(("postgresql://", "postgres://")):
+            errors.append(f"DATABASE_URL={self.database_url!r}: expected postgresql://...")
+        return errors
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a registry name (``feedback.explicit`` → prefixed)."""
+        return f"{self.topic_prefix}{name}"
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(env var, default, description) rows for the README and ``loopwise config``."""
+    rows = []
+    for f in fields(Settings):
+        spec: Setting = f.metadata["setting"]
+        default = f.metadata["default"]
+        if isinstance(default, Path):
+            default = (
+                str(default.relative_to(REPO_ROOT))
+                if default.is_relative_to(REPO_ROOT)
+                else default
+            )
+        if isinstance(default, dict):
+            default = ",".join(f"{k}={v}" for k, v in default.items())
+        rows.append((spec.env, str(default), spec.help))
+    return rows

@@ -1,0 +1,93 @@
+"""The Prometheus registry of a worker and every metric it exports.
+
+A dedicated registry (not the library's global one) so tests and several apps in one
+process do not collide, and ``/metrics`` shows only Loopwise's series plus process stats.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+EVENTS_IN = Counter(
+    "loopwise_events_in_total",
+    "Input events read by an agent",
+    ["topic", "agent"],
+    registry=REGISTRY,
+)
+EVENTS_VALID = Counter(
+    "loopwise_events_valid_total",
+    "Input events that passed validation",
+    ["topic", "agent"],
+    registry=REGISTRY,
+)
+EVENTS_DUPLICATE = Counter(
+    "loopwise_events_duplicate_total",
+    "Input events skipped because their offset was already applied (replays)",
+    ["topic", "agent"],
+    registry=REGISTRY,
+)
+EVENTS_OUT = Counter(
+    "loopwise_events_out_total", "Output events sent", ["topic", "agent"], registry=REGISTRY
+)
+DEAD_LETTERS = Counter(
+    "loopwise_dead_letters_total",
+    "Input events sent to the dead-letter topic",
+    ["topic", "reason"],
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "loopwise_batch_size",
+    "Events per batch taken by an agent",
+    ["agent"],
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+    registry=REGISTRY,
+)
+PROCESSING_SECONDS = Histogram(
+    "loopwise_batch_processing_seconds",
+    "Time to process one batch",
+    ["agent"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+EVENT_TO_OUTPUT_SECONDS = Histogram(
+    "loopwise_event_to_output_seconds",
+    "From the input event's timestamp to its output event being sent",
+    ["agent"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+SINK_RETRIES = Counter(
+    "loopwise_sink_retries_total",
+    "Retries of transient sink faults",
+    ["sink"],
+    registry=REGISTRY,
+)
+SINK_WRITES = Counter(
+    "loopwise_sink_writes_total", "Values written to a sink", ["sink"], registry=REGISTRY
+)
+TABLE_KEYS = Gauge(
+    "loopwise_table_keys", "Keys held in a table on this worker", ["table"], registry=REGISTRY
+)
+AGENT_ERRORS = Counter(
+    "loopwise_agent_errors_total",
+    "Unexpected exceptions caught inside an agent",
+    ["agent"],
+    registry=REGISTRY,
+)
+
+
+def exposition() -> bytes:
+    """The text exposition format of the registry, for ``/metrics``."""
+    return generate_latest(REGISTRY)

@@ -1,0 +1,30 @@
+"""Table writes from batch processing, and the crash hook used by the fault tests.
+
+faust's ``table[key] = value`` finds the changelog partition from the *current event*, which
+batch iteration (``stream.take_events``) does not set. :func:`put` names the partition
+explicitly (the source event's partition, so table and input stay co-partitioned) and
+goes through the same public calls: a changelog record, then the local store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from faust.types import TableT
+
+from streams.app import settings
+
+log = logging.getLogger(__name__)
+
+
+def put(table: TableT, partition: int, key: str, value: bytes) -> None:
+    table.send_changelog(partition, key, value)
+    table.data[key] = value
+
+
+def crash_point(name: str) -> None:
+    """Exit at once (no clean-up, like kill -9) when LOOPWISE_CRASH_AT names this point."""
+    if settings.crash_at == name:
+        log.warning("LOOPWISE_CRASH_AT=%s: exiting at this boundary", name)
+        os._exit(70)

@@ -1,0 +1,83 @@
+"""Worker HTTP endpoints: ``/health`` (alive), ``/ready`` (serving), ``/metrics``.
+
+Ready means the broker answers a metadata request, table recovery has completed for the
+current assignment (no rebalance in progress) and the item catalog has been read up to
+the end of its topic as of start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from confluent_kafka.admin import AdminClient
+from faust.web import Request, Response, View
+
+from streams.app import app, catalog, settings
+from streams.metrics import exposition
+
+_started = time.time()
+_catalog_synced = False
+
+
+def _broker_reachable() -> bool:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 0})
+    try:
+        admin.list_topics(timeout=2)
+        return True
+    except Exception:
+        return False
+
+
+async def readiness() -> dict[str, bool]:
+    global _catalog_synced
+    broker = await asyncio.to_thread(_broker_reachable)
+    recovered = app.tables.recovery.completed.is_set() and not app.rebalancing
+    if not _catalog_synced and broker:
+        _catalog_synced = await asyncio.to_thread(catalog.wait_caught_up, 1.0)
+    return {"broker": broker, "tables_recovered": recovered, "catalog_loaded": _catalog_synced}
+
+
+@app.page("/health")
+class Health(View):
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "ok", "uptime_s": round(time.time() - _started, 1)})
+
+
+@app.page("/ready")
+class Ready(View):
+    async def get(self, request: Request) -> Response:
+        checks = await readiness()
+        ready = all(checks.values())
+        return self.json({"ready": ready, **checks}, status=200 if ready else 503)
+
+
+@app.page("/metrics")
+class Metrics(View):
+    async def get(self, request: Request) -> Response:
+        return self.bytes(exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@app.page("/state/preferences/{user_id}")
+class PreferenceStateView(View):
+    """The user's table value on this worker (404 when this worker does not hold it)."""
+
+    async def get(self, request: Request, user_id: str) -> Response:
+        from agents.preference_state import PreferenceState
+        from streams.app import preferences_table
+
+        blob = preferences_table.get(user_id)
+        if blob is None:
+            return self.json({"user_id": user_id, "found": False}, status=404)
+        state = PreferenceState.unpack(blob)
+        return self.json(
+            {
+                "user_id": user_id,
+                "found": True,
+                "version": state.version,
+                "interactions": state.interactions,
+                "last_ts": state.last_ts,
+                "offsets": state.offsets,
+                "vector": [float(x) for x in state.vector],
+            }
+        )

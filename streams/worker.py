@@ -1,0 +1,26 @@
+"""Start a worker: import the app, every agent and the web views, then run faust's Worker."""
+
+from __future__ import annotations
+
+from faust.worker import Worker
+
+import agents.items
+import agents.preferences
+import streams.web  # noqa: F401  (registers the views)
+from streams.app import app, settings
+
+AGENT_MODULES = (agents.items, agents.preferences)
+
+
+def run_worker() -> None:
+    worker = Worker(
+        app,
+        loglevel=settings.log_level.upper(),
+        web_port=settings.web_port,
+        web_host=settings.web_host,
+    )
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    run_worker()

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SERVICES := deploy/local/services.sh
 # Tests and the demo read the service addresses from here unless the environment sets them.
-SERVICES_ENV := .run/services.env
+SERVICES_ENV := $(or $(LOOPWISE_RUN_DIR),.run)/services.env
 PYTEST_EXIT := bash deploy/local/pytest-exit.sh
 
 .PHONY: setup services-up services-down services-status topics test test-unit test-integration \
@@ -50,8 +50,14 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-demo: setup services-up
-	@set -a; source $(SERVICES_ENV); set +a; $(BIN)/python -m streams.demo
+# The demo stops the services afterwards only if it was the one that started them.
+demo: setup
+	@bash $(SERVICES) status >/dev/null 2>&1; was_up=$$?; \
+	bash $(SERVICES) up || exit 1; \
+	set -a; source $(SERVICES_ENV); set +a; \
+	$(BIN)/python -m streams.demo; rc=$$?; \
+	if [ $$was_up -ne 0 ]; then bash $(SERVICES) down; fi; \
+	exit $$rc
 
 bench: setup services-up
 	@set -a; source $(SERVICES_ENV); set +a; $(BIN)/python -m bench.run_all

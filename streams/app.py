@@ -67,14 +67,11 @@ def topic(*names: str) -> TopicT:
 deadletter_topic = topic("deadletter")
 
 preferences_table = app.Table(
-    "preferences",
-    default=None,
-    key_type=str,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
+    "preferences", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
 )
+# Values are packed bytes (agents.preference_state); faust derives "json" from the type, so
+# set the changelog's value codec before the changelog topic is first built.
+preferences_table.value_serializer = "raw"
 
 catalog = ItemCatalog(
     settings.kafka_bootstrap_servers,

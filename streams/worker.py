@@ -13,12 +13,8 @@ AGENT_MODULES = (agents.items, agents.preferences)
 
 
 def run_worker() -> None:
-    worker = Worker(
-        app,
-        loglevel=settings.log_level.upper(),
-        web_port=settings.web_port,
-        web_host=settings.web_host,
-    )
+    # The web port and host come from the app's configuration (streams.app).
+    worker = Worker(app, loglevel=settings.log_level.upper())
     worker.execute_from_commandline()
 
 

@@ -24,6 +24,7 @@ from agents.learning.preference import (
     learning_rates,
     signal_strength,
 )
+from streams.config import Settings
 from streams.harness import Deployment
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,8 @@ def feedback(n: int, user: str, item: str, kind: str, value: float | None = None
 
 
 def expected_vector(events: list[dict[str, Any]]) -> np.ndarray:
-    params = EmaParams()
+    defaults = Settings.from_env({})
+    params = EmaParams(defaults.base_alpha, defaults.max_alpha, defaults.type_multipliers)
     kinds = np.array([KIND_INDEX[e["kind"]] for e in events])
     values = np.array([float(e.get("value", np.nan)) for e in events])
     s = signal_strength(kinds, values, params)
@@ -129,7 +131,9 @@ def test_valid_feedback_updates_table_redis_postgres_and_output(running: Deploym
             ).fetchall()
         )
     for user in users:
-        np.testing.assert_allclose(rows[user], expected_vector(per_user[user]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            rows[user], expected_vector(per_user[user]), rtol=1e-5, atol=1e-6
+        )
 
     outputs = running.read("weights.preferences")
     latest: dict[str, dict[str, Any]] = {}
@@ -164,15 +168,24 @@ def test_invalid_input_is_dead_lettered_and_worker_keeps_going(running: Deployme
     running.produce("feedback.explicit", invalid)
     running.produce("feedback.explicit", [good])
 
-    wait_for(lambda: (redis_value(running, user) or {}).get("interactions") == 1, what="valid event")
+    wait_for(
+        lambda: (redis_value(running, user) or {}).get("interactions") == 1, what="valid event"
+    )
     assert running.workers[0].alive()
 
     wait_for(lambda: len(running.read("deadletter")) >= len(invalid), what="dead letters")
     letters = running.read("deadletter")
     reasons = sorted(dl["error_kind"] for dl in letters)
     assert reasons == sorted(
-        ["not_json", "schema_violation", "schema_violation", "unknown_event_kind",
-         "unknown_item", "not_json", "oversize"]
+        [
+            "not_json",
+            "schema_violation",
+            "schema_violation",
+            "unknown_event_kind",
+            "unknown_item",
+            "not_json",
+            "oversize",
+        ]
     )
     topic = running.topic("feedback.explicit")
     for dl in letters:

@@ -35,6 +35,8 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
     broker_commit_every=10_000,
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=settings.session_timeout_s / 4,
     broker_commit_interval=timedelta(seconds=1.0),
     stream_buffer_maxsize=8192,
     web_enabled=True,

@@ -125,6 +125,14 @@ class Settings:
         check=_positive,
         expected="a positive number",
     )
+    session_timeout_s: float = _setting(
+        10.0,
+        "LOOPWISE_SESSION_TIMEOUT_S",
+        "consumer-group session timeout: how soon a crashed worker's partitions move",
+        parse=float,
+        check=lambda v: 6 <= v <= 300,
+        expected="seconds in 6..300",
+    )
     web_host: str = _setting("127.0.0.1", "LOOPWISE_WEB_HOST", "worker HTTP bind address")
     web_port: int = _setting(
         6066,

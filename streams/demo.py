@@ -6,7 +6,7 @@ taste, with noise. About 1 % of the traffic is malformed and must end in the dea
 topic. Every few seconds the demo reads each user's learned vector from Redis (as a
 consumer service would) and prints its cosine similarity to the hidden truth.
 
-Environment: LOOPWISE_DEMO_SECONDS (default 60), LOOPWISE_DEMO_RATE (events/s, default 150),
+Environment: LOOPWISE_DEMO_SECONDS (default 60), LOOPWISE_DEMO_RATE (events/s, default 60),
 LOOPWISE_DEMO_USERS (default 6).
 """
 
@@ -86,13 +86,15 @@ def learned_vectors(client: redis.Redis, prefix: str, users: list[str]) -> np.nd
 
 def main() -> int:
     seconds = float(os.environ.get("LOOPWISE_DEMO_SECONDS", "60"))
-    rate = float(os.environ.get("LOOPWISE_DEMO_RATE", "150"))
+    rate = float(os.environ.get("LOOPWISE_DEMO_RATE", "60"))
     n_users = int(os.environ.get("LOOPWISE_DEMO_USERS", "6"))
     rng = np.random.default_rng(2026)
 
     dep = Deployment.create(
-        REPO_ROOT / ".run" / "demo-logs", name="demo",
-        LOOPWISE_ITEM_DIM=str(DIM), LOOPWISE_BASE_ALPHA="0.05",
+        REPO_ROOT / ".run" / "demo-logs",
+        name="demo",
+        LOOPWISE_ITEM_DIM=str(DIM),
+        LOOPWISE_BASE_ALPHA="0.02",
     )
     print(f"demo: topics with prefix {dep.settings.topic_prefix!r}")
     dep.create_topics()
@@ -105,8 +107,13 @@ def main() -> int:
     dep.produce(
         "items",
         [
-            {"event_id": f"item-{j}-v1", "schema_version": 1, "ts": int(time.time() * 1000),
-             "item_id": f"item-{j}", "features": items[j].round(6).tolist()}
+            {
+                "event_id": f"item-{j}-v1",
+                "schema_version": 1,
+                "ts": int(time.time() * 1000),
+                "item_id": f"item-{j}",
+                "features": items[j].round(6).tolist(),
+            }
             for j in range(N_ITEMS)
         ],
         key_field="item_id",
@@ -119,8 +126,10 @@ def main() -> int:
     client = redis.Redis.from_url(dep.settings.redis_url)
     prod = producer(dep.settings)
     header = "   t   events  " + " ".join(f"{u:>7}" for u in users) + "   mean  dead-letters"
-    print(f"\ncosine similarity of each learned vector to its hidden truth "
-          f"(1.0 = learned exactly), read from Redis:\n{header}")
+    print(
+        f"\ncosine similarity of each learned vector to its hidden truth "
+        f"(1.0 = learned exactly), read from Redis:\n{header}"
+    )
     started = time.monotonic()
     sent = malformed = 0
     next_report = started
@@ -133,8 +142,11 @@ def main() -> int:
                 prod.produce(dep.topic(topic), key=users[u].encode(), value=orjson.dumps(event))
                 sent += 1
                 if rng.random() < 0.01:
-                    prod.produce(dep.topic("feedback.explicit"), key=b"u",
-                                 value=MALFORMED[malformed % len(MALFORMED)])
+                    prod.produce(
+                        dep.topic("feedback.explicit"),
+                        key=b"u",
+                        value=MALFORMED[malformed % len(MALFORMED)],
+                    )
                     malformed += 1
             prod.poll(0)
             if now >= next_report:
@@ -149,11 +161,15 @@ def main() -> int:
         time.sleep(2)  # let the last batches land
         final = _report(client, dep, users, truth, sent, time.monotonic() - started)
         dead = len(dep.read("deadletter"))
-        print(f"\ndemo: {sent} valid events and {malformed} malformed ones sent; "
-              f"{dead} dead letters recorded with reason and source offset "
-              f"(see `loopwise dlq show`).")
-        print(f"demo: final mean cosine similarity {final:.3f} "
-              f"({'learned' if final > 0.8 else 'NOT yet learned'}).")
+        print(
+            f"\ndemo: {sent} valid events and {malformed} malformed ones sent; "
+            f"{dead} dead letters recorded with reason and source offset "
+            f"(see `loopwise dlq show`)."
+        )
+        print(
+            f"demo: final mean cosine similarity {final:.3f} "
+            f"({'learned' if final > 0.8 else 'NOT yet learned'})."
+        )
         return 0 if final > 0.8 and worker.alive() else 1
     finally:
         dep.stop()
@@ -161,26 +177,38 @@ def main() -> int:
         print("demo: worker stopped, demo topics deleted")
 
 
-def _report(client: redis.Redis, dep: Deployment, users: list[str], truth: np.ndarray,
-            sent: int, elapsed: float) -> float:
+def _report(
+    client: redis.Redis,
+    dep: Deployment,
+    users: list[str],
+    truth: np.ndarray,
+    sent: int,
+    elapsed: float,
+) -> float:
     learned = learned_vectors(client, dep.settings.topic_prefix, users)
     cos = cosine_similarity(learned, truth)
     dead = _dead_letter_count(dep)
-    print(f"{elapsed:5.0f}s {sent:7d}  " + " ".join(f"{c:7.3f}" for c in cos)
-          + f"  {cos.mean():6.3f}  {dead:6d}", flush=True)
+    print(
+        f"{elapsed:5.0f}s {sent:7d}  "
+        + " ".join(f"{c:7.3f}" for c in cos)
+        + f"  {cos.mean():6.3f}  {dead:6d}",
+        flush=True,
+    )
     return float(cos.mean())
 
 
 def _dead_letter_count(dep: Deployment) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": dep.settings.kafka_bootstrap_servers,
-                         "group.id": "demo-dlq-count"})
+    consumer = Consumer(
+        {"bootstrap.servers": dep.settings.kafka_bootstrap_servers, "group.id": "demo-dlq-count"}
+    )
     try:
         topic = dep.topic("deadletter")
         parts = consumer.list_topics(topic, timeout=5).topics[topic].partitions
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
-                   for p in parts)
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts
+        )
     finally:
         consumer.close()
 

@@ -18,7 +18,8 @@ from streams.harness import Deployment
 
 
 def _load_services_env() -> None:
-    env_file = REPO_ROOT / ".run" / "services.env"
+    run_dir = os.environ.get("LOOPWISE_RUN_DIR")
+    env_file = (Path(run_dir) if run_dir else REPO_ROOT / ".run") / "services.env"
     if not env_file.exists():
         return
     for line in env_file.read_text().splitlines():

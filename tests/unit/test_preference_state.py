@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import numpy as np
+
+from agents.preference_state import PreferenceState, event_id_hash
+
+
+def test_pack_round_trip_is_compact() -> None:
+    state = PreferenceState(np.arange(32, dtype=np.float32), 7, 12, 1234, [5, 9], [1, 2, 3])
+    blob = state.pack()
+    assert len(blob) == 44 + 3 * 8 + 32 * 4
+    back = PreferenceState.unpack(blob)
+    np.testing.assert_array_equal(back.vector, state.vector)
+    assert (back.version, back.interactions, back.last_ts) == (7, 12, 1234)
+    assert back.offsets == [5, 9] and back.recent_ids == [1, 2, 3]
+
+
+def test_seen_by_offset_or_by_event_id() -> None:
+    state = PreferenceState.empty(4)
+    h = event_id_hash("e1")
+    assert not state.seen(0, 10, h)
+    state.remember(0, 10, h, max_ids=2)
+    assert state.seen(0, 10, event_id_hash("other"))  # replayed offset
+    assert state.seen(0, 11, h)  # same event id at a new offset
+    assert not state.seen(1, 10, event_id_hash("other"))  # offsets are per topic
+    assert not state.seen(0, 11, event_id_hash("e2"))
+
+
+def test_recent_ids_are_bounded() -> None:
+    state = PreferenceState.empty(2)
+    for i in range(5):
+        state.remember(0, i, event_id_hash(f"e{i}"), max_ids=3)
+    assert len(state.recent_ids) == 3
+    assert event_id_hash("e0") not in state.recent_ids
+    assert event_id_hash("e4") in state.recent_ids
+
+
+def test_event_id_hash_is_stable_across_processes() -> None:
+    assert event_id_hash("abc") == event_id_hash("abc")
+    assert event_id_hash("abc") != event_id_hash("abd")
+    assert 0 <= event_id_hash("abc") < 2**64

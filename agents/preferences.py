@@ -157,7 +157,9 @@ async def process(valid: list[Valid]) -> None:
         put(preferences_table, partitions[user], user, states[user].pack())
     crash_point("after_table")
 
-    events = {user: output_event(user, state) for user, state in states.items()}
+    # A user seen only through duplicates still gets its current value re-written (heals a
+    # sink after a crash); a user with no applied event at all has nothing to publish.
+    events = {u: output_event(u, s) for u, s in states.items() if s.version > 0}
     payloads = {user: encode(ev) for user, ev in events.items()}
     await redis_values.write_many(
         "pref", ((user, events[user]["version"], payloads[user]) for user in events)
@@ -168,7 +170,6 @@ async def process(valid: list[Valid]) -> None:
         [
             (u, e["vector"], e["version"], e["segment"], e["interactions"], e["source_ts"])
             for u, e in events.items()
-            if e["version"] > 0
         ],
     )
     crash_point("after_postgres")

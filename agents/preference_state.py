@@ -9,8 +9,14 @@ the update land in the same changelog record (at-least-once delivery, idempotent
   offsets) is applied once. Only the last ``max_ids`` ids are kept: a duplicate that
   arrives after that many newer events of the same user is not recognised.
 
-Layout (little-endian): header ``<qqqqqHH`` = version, interactions, last_ts_ms,
-explicit_offset, implicit_offset, dim, n_ids; then n_ids uint64 id hashes; then dim float32.
+It also holds the implicit-feedback window still open (the weighted sum of its signals),
+the segment last published, and the partition the key lives on (timers write the table
+outside stream iteration and must name it).
+
+Layout (little-endian): header ``<qqqqqqqdHHHHH`` = version, interactions, last_ts_ms,
+last_active_ms, explicit_offset, implicit_offset, window_opened_ms, window_weight,
+partition, segment code, dim, n_ids, has_window; then n_ids uint64 id hashes; dim float32
+vector; and, when a window is open, dim float32 window sum.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_HEADER = struct.Struct("<qqqqqHH")
+from agents.learning.segments import SEGMENTS
+
+_HEADER = struct.Struct("<qqqqqqqdHHHHH")
 TOPIC_SLOTS = {"feedback.explicit": 0, "feedback.implicit": 1}
+NO_SEGMENT = 0xFFFF
 
 
 def event_id_hash(event_id: str) -> int:
@@ -36,35 +45,55 @@ class PreferenceState:
     version: int = 0
     interactions: int = 0
     last_ts: int = 0
+    last_active: int = 0
     offsets: list[int] = field(default_factory=lambda: [-1, -1])
     recent_ids: list[int] = field(default_factory=list)
+    window_opened: int = 0
+    window_weight: float = 0.0
+    window_sum: np.ndarray | None = None
+    partition: int = 0
+    segment: str | None = None
 
     @classmethod
     def empty(cls, dim: int) -> PreferenceState:
         return cls(vector=np.zeros(dim, dtype=np.float32))
 
+    @property
+    def has_window(self) -> bool:
+        return self.window_sum is not None
+
     def pack(self) -> bytes:
         vec = np.asarray(self.vector, dtype=np.float32)
+        segment = NO_SEGMENT if self.segment is None else SEGMENTS.index(self.segment)
         header = _HEADER.pack(
-            self.version,
-            self.interactions,
-            self.last_ts,
-            self.offsets[0],
-            self.offsets[1],
-            vec.shape[0],
-            len(self.recent_ids),
-        )
-        ids = np.asarray(self.recent_ids, dtype=np.uint64).tobytes()
-        return header + ids + vec.tobytes()
+            self.version, self.interactions, self.last_ts, self.last_active,
+            self.offsets[0], self.offsets[1], self.window_opened, self.window_weight,
+            self.partition, segment, vec.shape[0], len(self.recent_ids), int(self.has_window),
+        )  # fmt: skip
+        parts = [header, np.asarray(self.recent_ids, dtype=np.uint64).tobytes(), vec.tobytes()]
+        if self.window_sum is not None:
+            parts.append(np.asarray(self.window_sum, dtype=np.float32).tobytes())
+        return b"".join(parts)
 
     @classmethod
     def unpack(cls, blob: bytes) -> PreferenceState:
-        version, interactions, last_ts, off_e, off_i, dim, n_ids = _HEADER.unpack_from(blob)
+        (version, interactions, last_ts, last_active, off_e, off_i, opened, weight,
+         partition, segment, dim, n_ids, has_window) = _HEADER.unpack_from(blob)  # fmt: skip
         pos = _HEADER.size
         ids = np.frombuffer(blob, dtype=np.uint64, count=n_ids, offset=pos).tolist()
         pos += 8 * n_ids
         vec = np.frombuffer(blob, dtype=np.float32, count=dim, offset=pos).copy()
-        return cls(vec, version, interactions, last_ts, [off_e, off_i], ids)
+        pos += 4 * dim
+        window = (
+            np.frombuffer(blob, dtype=np.float32, count=dim, offset=pos).copy()
+            if has_window
+            else None
+        )
+        return cls(
+            vec, version, interactions, last_ts, last_active, [off_e, off_i], ids,
+            opened, weight, window, partition,
+            None if segment == NO_SEGMENT else SEGMENTS[segment],
+        )  # fmt: skip
 
     def seen(self, topic_slot: int, offset: int, id_hash: int) -> bool:
         """True when this event was already applied (by offset or by event id)."""
@@ -75,3 +104,20 @@ class PreferenceState:
         self.recent_ids.append(id_hash)
         if len(self.recent_ids) > max_ids:
             del self.recent_ids[: len(self.recent_ids) - max_ids]
+
+    def add_to_window(self, signal_sum: np.ndarray, weight: float, now_ms: int) -> None:
+        """Accumulate implicit signals (Σ w·s·x and Σ w) into the open window."""
+        if self.window_sum is None:
+            self.window_sum = np.zeros_like(self.vector)
+            self.window_weight = 0.0
+            self.window_opened = now_ms
+        self.window_sum = self.window_sum + signal_sum.astype(np.float32)
+        self.window_weight += weight
+
+    def close_window(self) -> tuple[np.ndarray, float] | None:
+        """The window's (Σ w·s·x, Σ w), emptied; None when no window is open."""
+        if self.window_sum is None:
+            return None
+        closed = (self.window_sum.astype(np.float64), self.window_weight)
+        self.window_sum, self.window_weight, self.window_opened = None, 0.0, 0
+        return closed

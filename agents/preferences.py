@@ -1,8 +1,15 @@
 """Agent ``preferences``: per-user preference vectors from explicit and implicit feedback.
 
 Per batch: validate (dead letters) → look up item features → drop events already applied
-(offset or event id, see :mod:`agents.preference_state`) → one vectorized EMA over every
-user in the batch → table (changelog) → Redis → PostgreSQL → ``weights.preferences``.
+(offset or event id, see :mod:`agents.preference_state`) → explicit events: one vectorized
+EMA over every user in the batch, applied at once → implicit events: added to the user's
+open window, applied as one EMA step when the window closes (``LOOPWISE_IMPLICIT_WINDOW_S``;
+0 applies each batch's implicit events at once) → segment → table (changelog) → Redis →
+PostgreSQL → ``weights.preferences`` (and ``segments.changes`` when the segment moves).
+
+A timer closes windows that have been open long enough and, every
+``LOOPWISE_INACTIVITY_SCAN_S``, scans this worker's users for inactivity. Batch processing
+and the timer share one lock, so they never interleave on a user's state.
 
 Sinks and the output are written for every user the batch touched, even when all of its
 events were duplicates: after a crash between the table write and a sink, the replay finds
@@ -15,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +35,10 @@ from agents.learning.preference import (
     ema_batch,
     learning_rates,
     signal_strength,
+    window_contributions,
+    window_rates,
 )
+from agents.learning.segments import SegmentThresholds, classify
 from agents.preference_state import TOPIC_SLOTS, PreferenceState, event_id_hash
 from streams.app import (
     app,
@@ -54,11 +65,12 @@ from streams.state import crash_point, put
 
 log = logging.getLogger(__name__)
 AGENT = "preferences"
-MAX_RECENT_IDS = 64
 UNKNOWN_ITEM_WAIT_S = 2.0
+EXPLICIT = TOPIC_SLOTS["feedback.explicit"]
 
 feedback_topic = topic("feedback.explicit", "feedback.implicit")
 output_topic = topic("weights.preferences")
+segment_topic = topic("segments.changes")
 boundary = Boundary(
     AGENT,
     {
@@ -71,6 +83,11 @@ params = EmaParams(
     base_alpha=settings.base_alpha,
     max_alpha=settings.max_alpha,
     type_multipliers=settings.type_multipliers,
+)
+thresholds = SegmentThresholds(
+    new_below=settings.segment_new_below,
+    power_above=settings.segment_power_above,
+    inactive_after_s=settings.inactive_after_days * 86_400.0,
 )
 _slot_of_topic = {settings.topic(name): slot for name, slot in TOPIC_SLOTS.items()}
 
@@ -85,28 +102,85 @@ WHERE user_preferences.version < EXCLUDED.version
 """
 
 
-def segment_of(interactions: int) -> str:
-    # Inactivity (30+ days) is detected by a timer in the learning issue; here, activity only.
-    if interactions < 5:
-        return "new"
-    if interactions > 100:
-        return "power"
-    return "regular"
+@dataclass
+class Worklist:
+    """Users touched by one unit of work and what happened to them."""
+
+    states: dict[str, PreferenceState] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)  # table value changed
+    segment_moves: dict[str, str | None] = field(default_factory=dict)  # user → old segment
+
+    def load(self, user: str, partition: int) -> PreferenceState:
+        state = self.states.get(user)
+        if state is None:
+            blob = preferences_table.get(user)
+            state = (
+                PreferenceState.unpack(blob) if blob else PreferenceState.empty(settings.item_dim)
+            )
+            state.partition = partition
+            self.states[user] = state
+        return state
 
 
-def output_event(user_id: str, state: PreferenceState) -> dict[str, Any]:
-    return {
-        "event_id": f"pref:{user_id}:{state.version}",
-        "schema_version": 1,
-        "ts": int(time.time() * 1000),
-        "user_id": user_id,
-        "vector": [float(x) for x in state.vector],
-        "dim": int(state.vector.shape[0]),
-        "version": state.version,
-        "segment": segment_of(state.interactions),
-        "interactions": state.interactions,
-        "source_ts": state.last_ts,
-    }
+class OpenWindows:
+    """This worker's users with an open implicit window (user → opened at, ms)."""
+
+    def __init__(self) -> None:
+        self.opened: dict[str, int] = {}
+        self.lock = asyncio.Lock()
+        self.scanned_assignment: frozenset[Any] = frozenset()
+        self.last_scan = 0.0
+
+    def due(self, now_ms: int) -> list[str]:
+        limit = now_ms - int(settings.implicit_window_s * 1000)
+        return [u for u, opened in self.opened.items() if opened <= limit]
+
+
+windows = OpenWindows()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def close_windows(work: Worklist, users: Iterable[str]) -> None:
+    """Apply the open windows of ``users`` as one EMA step each."""
+    closed = [(u, w) for u in users if (w := work.states[u].close_window()) is not None]
+    for user, _ in closed:
+        windows.opened.pop(user, None)
+    closed = [(u, w) for u, w in closed if w[1] > 0]
+    if not closed:
+        return
+    before = np.stack([work.states[u].vector for u, _ in closed]).astype(np.float64)
+    sums = np.stack([s for _, (s, _) in closed])
+    weights = np.array([w for _, (_, w) in closed])
+    n = len(closed)
+    after = ema_batch(before, np.arange(n), window_rates(weights, params), np.ones(n),
+                      sums / weights[:, None])  # fmt: skip
+    for r, (user, _) in enumerate(closed):
+        state = work.states[user]
+        state.vector = after[r].astype(np.float32)
+        state.version += 1
+        work.dirty.add(user)
+
+
+def update_segments(work: Worklist, users: Iterable[str], now: int) -> None:
+    users = list(users)
+    if not users:
+        return
+    states = [work.states[u] for u in users]
+    labels = classify(
+        np.array([s.interactions for s in states]),
+        np.array([s.last_active / 1000.0 for s in states]),
+        now / 1000.0,
+        thresholds,
+    )
+    for user, state, label in zip(users, states, labels, strict=True):
+        if state.segment != label:
+            work.segment_moves.setdefault(user, state.segment)
+            state.segment = str(label)
+            state.version += 1
+            work.dirty.add(user)
 
 
 async def resolve_items(valid: list[Valid]) -> tuple[list[Valid], np.ndarray]:
@@ -127,39 +201,107 @@ async def resolve_items(valid: list[Valid]) -> tuple[list[Valid], np.ndarray]:
     return kept, features[found]
 
 
-async def process(valid: list[Valid]) -> None:
-    valid, features = await resolve_items(valid)
-    if not valid:
-        return
-    states: dict[str, PreferenceState] = {}
-    partitions: dict[str, int] = {}
+def apply_events(work: Worklist, valid: list[Valid], features: np.ndarray, now: int) -> None:
+    """Dedupe, then explicit events at once and implicit events into the windows."""
     applied: list[int] = []
     for i, v in enumerate(valid):
-        user = v.payload["user_id"]
-        state = states.get(user)
-        if state is None:
-            blob = preferences_table.get(user)
-            state = (
-                PreferenceState.unpack(blob) if blob else PreferenceState.empty(settings.item_dim)
-            )
-            states[user] = state
-            partitions[user] = v.partition
+        state = work.load(v.payload["user_id"], v.partition)
         slot = _slot_of_topic[v.topic]
         id_hash = event_id_hash(v.payload["event_id"])
         if state.seen(slot, v.offset, id_hash):
             EVENTS_DUPLICATE.labels(topic=v.topic, agent=AGENT).inc()
             continue
-        state.remember(slot, v.offset, id_hash, MAX_RECENT_IDS)
+        state.remember(slot, v.offset, id_hash, settings.dedupe_ids)
+        state.interactions += 1
+        state.last_ts = max(state.last_ts, int(v.payload["ts"]))
+        state.last_active = max(state.last_active, int(v.timestamp * 1000))
+        work.dirty.add(v.payload["user_id"])
         applied.append(i)
+    if not applied:
+        return
+    users = list(work.states)
+    row_of = {u: r for r, u in enumerate(users)}
+    idx = np.asarray(applied)
+    owner = np.array([row_of[valid[i].payload["user_id"]] for i in applied])
+    kinds = np.array([KIND_INDEX[valid[i].payload["kind"]] for i in applied])
+    values = np.array([float(valid[i].payload.get("value", np.nan)) for i in applied])
+    explicit = np.array([_slot_of_topic[valid[i].topic] == EXPLICIT for i in applied])
+    strength = signal_strength(kinds, values, params)
 
-    changed = apply_updates(valid, features, applied, states)
-    for user in changed:
-        put(preferences_table, partitions[user], user, states[user].pack())
+    # Windows that expired before this batch close first, in arrival order.
+    due = [u for u in users if work.states[u].has_window
+           and work.states[u].window_opened <= now - settings.implicit_window_s * 1000]  # fmt: skip
+    close_windows(work, due)
+
+    if explicit.any():
+        alpha = learning_rates(kinds[explicit], strength[explicit], params)
+        before = np.stack([work.states[u].vector for u in users]).astype(np.float64)
+        after = ema_batch(before, owner[explicit], alpha, strength[explicit],
+                          features[idx[explicit]])  # fmt: skip
+        for r in np.unique(owner[explicit]):
+            state = work.states[users[r]]
+            state.vector = after[r].astype(np.float32)
+            state.version += 1
+
+    implicit = ~explicit
+    if implicit.any():
+        sums, weights = window_contributions(
+            owner[implicit], kinds[implicit], strength[implicit], features[idx[implicit]],
+            params, len(users),
+        )  # fmt: skip
+        touched = np.unique(owner[implicit])
+        for r in touched:
+            state = work.states[users[r]]
+            state.add_to_window(sums[r], float(weights[r]), now)
+            windows.opened.setdefault(users[r], state.window_opened)
+        if settings.implicit_window_s == 0:
+            close_windows(work, [users[r] for r in touched])
+
+
+def output_event(user_id: str, state: PreferenceState) -> dict[str, Any]:
+    return {
+        "event_id": f"pref:{user_id}:{state.version}",
+        "schema_version": 1,
+        "ts": now_ms(),
+        "user_id": user_id,
+        "vector": [float(x) for x in state.vector],
+        "dim": int(state.vector.shape[0]),
+        "version": state.version,
+        "segment": state.segment or "new",
+        "interactions": state.interactions,
+        "source_ts": state.last_ts,
+    }
+
+
+def segment_event(user: str, previous: str | None, state: PreferenceState) -> dict[str, Any]:
+    if previous is None:
+        reason = "first_seen"
+    elif state.segment == "inactive":
+        reason = "inactivity"
+    elif previous == "inactive":
+        reason = "reactivation"
+    else:
+        reason = "interaction_count"
+    return {
+        "event_id": f"seg:{user}:{state.version}",
+        "schema_version": 1,
+        "ts": now_ms(),
+        "user_id": user,
+        "previous_segment": previous,
+        "segment": state.segment,
+        "reason": reason,
+    }
+
+
+async def persist_and_publish(work: Worklist, valid: list[Valid] | None = None) -> None:
+    """Table → Redis → PostgreSQL → outputs, with the crash hooks between them."""
+    for user in work.dirty:
+        put(preferences_table, work.states[user].partition, user, work.states[user].pack())
     crash_point("after_table")
 
     # A user seen only through duplicates still gets its current value re-written (heals a
-    # sink after a crash); a user with no applied event at all has nothing to publish.
-    events = {u: output_event(u, s) for u, s in states.items() if s.version > 0}
+    # sink after a crash); a user with no published version has nothing to publish.
+    events = {u: output_event(u, s) for u, s in work.states.items() if s.version > 0}
     payloads = {user: encode(ev) for user, ev in events.items()}
     await redis_values.write_many(
         "pref", ((user, events[user]["version"], payloads[user]) for user in events)
@@ -175,44 +317,26 @@ async def process(valid: list[Valid]) -> None:
     crash_point("after_postgres")
     for user, payload in payloads.items():
         await output_topic.send(key=user.encode(), value=payload)
+    for user, previous in work.segment_moves.items():
+        change = segment_event(user, previous, work.states[user])
+        await segment_topic.send(key=user.encode(), value=encode(change))
     EVENTS_OUT.labels(topic=output_topic.get_topic_name(), agent=AGENT).inc(len(payloads))
     now = time.time()
-    for v in valid:
+    for v in valid or ():
         EVENT_TO_OUTPUT_SECONDS.labels(agent=AGENT).observe(max(0.0, now - v.timestamp))
     crash_point("after_output")
     TABLE_KEYS.labels(table="preferences").set(len(preferences_table))
 
 
-def apply_updates(
-    valid: Sequence[Valid],
-    features: np.ndarray,
-    applied: list[int],
-    states: dict[str, PreferenceState],
-) -> set[str]:
-    """One vectorized EMA for every applied event; returns the users whose state changed."""
-    if not applied:
-        return set()
-    users = list(states)
-    row_of = {u: r for r, u in enumerate(users)}
-    idx = np.asarray(applied)
-    owner = np.array([row_of[valid[i].payload["user_id"]] for i in applied])
-    kinds = np.array([KIND_INDEX[valid[i].payload["kind"]] for i in applied])
-    values = np.array([float(valid[i].payload.get("value", np.nan)) for i in applied])
-    strength = signal_strength(kinds, values, params)
-    alpha = learning_rates(kinds, strength, params)
-    before = np.stack([states[u].vector for u in users]).astype(np.float64)
-    after = ema_batch(before, owner, alpha, strength, features[idx])
-    changed = set()
-    for r in np.unique(owner):
-        state = states[users[r]]
-        state.vector = after[r].astype(np.float32)
-        state.version += 1
-        changed.add(users[r])
-    for i, r in zip(applied, owner, strict=True):
-        state = states[users[r]]
-        state.interactions += 1
-        state.last_ts = max(state.last_ts, int(valid[i].payload["ts"]))
-    return changed
+async def process(valid: list[Valid]) -> None:
+    valid, features = await resolve_items(valid)
+    if not valid:
+        return
+    now = now_ms()
+    work = Worklist()
+    apply_events(work, valid, features, now)
+    update_segments(work, list(work.dirty), now)
+    await persist_and_publish(work, valid)
 
 
 async def process_isolating_failures(valid: list[Valid]) -> None:
@@ -241,5 +365,64 @@ async def preferences(stream: StreamT) -> None:
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
         started = time.perf_counter()
         BATCH_SIZE.labels(agent=AGENT).observe(len(events))
-        await process_isolating_failures(await boundary.split(events))
+        valid = await boundary.split(events)
+        async with windows.lock:
+            await process_isolating_failures(valid)
         PROCESSING_SECONDS.labels(agent=AGENT).observe(time.perf_counter() - started)
+
+
+def _assignment() -> frozenset[Any]:
+    try:
+        return frozenset(app.consumer.assignment())
+    except Exception:  # consumer not started yet
+        return frozenset()
+
+
+async def scan_local_users() -> None:
+    """Rebuild the open-window index and re-classify every user this worker holds.
+
+    Runs after the assignment changed (partitions moved here with their windows) and every
+    ``LOOPWISE_INACTIVITY_SCAN_S`` (users who went quiet become ``inactive``).
+    """
+    now = now_ms()
+    work = Worklist()
+    for user, blob in list(preferences_table.items()):
+        state = PreferenceState.unpack(blob)
+        if state.has_window:
+            windows.opened.setdefault(user, state.window_opened)
+        work.states[user] = state
+    update_segments(work, list(work.states), now)
+    work.states = {u: work.states[u] for u in work.dirty}
+    if work.dirty:
+        log.info("preferences: %d users changed segment in the scan", len(work.dirty))
+        await persist_and_publish(work)
+
+
+@app.timer(interval=1.0, name=f"{settings.app_id}.preference-windows")
+async def close_due_windows() -> None:
+    if not app.tables.recovery.completed.is_set() or app.rebalancing:
+        return
+    async with windows.lock:
+        assignment = _assignment()
+        scan_every = settings.inactivity_scan_s
+        if (
+            assignment != windows.scanned_assignment
+            or time.monotonic() - windows.last_scan > scan_every
+        ):
+            windows.scanned_assignment = assignment
+            windows.last_scan = time.monotonic()
+            windows.opened.clear()
+            await scan_local_users()
+        due = windows.due(now_ms())
+        if not due:
+            return
+        work = Worklist()
+        for user in due:
+            blob = preferences_table.get(user)
+            if blob is None:  # moved to another worker
+                windows.opened.pop(user, None)
+                continue
+            work.states[user] = PreferenceState.unpack(blob)
+        close_windows(work, list(work.states))
+        update_segments(work, list(work.states), now_ms())
+        await persist_and_publish(work)

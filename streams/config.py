@@ -49,11 +49,12 @@ class Setting:
     expected: str = ""
 
 
-def _setting(default: Any, env: str, help: str, **kwargs: Any) -> Any:
+def _setting(default: Any, env: str, help: str, *, secret: bool = False, **kwargs: Any) -> Any:
     metadata = {"setting": Setting(env=env, help=help, **kwargs), "default": default}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
+    # A secret (an API token) stays out of repr(), hence out of the start-up log line.
+    return field(default=default, metadata=metadata, repr=not secret)
 
 
 def _positive(value: float) -> bool:
@@ -190,6 +191,54 @@ class Settings:
         parse=_parse_float_map,
         expected="name=number pairs separated by commas",
     )
+    implicit_window_s: float = _setting(
+        5.0,
+        "LOOPWISE_IMPLICIT_WINDOW_S",
+        "implicit feedback is summed per user over this window and applied once (0: per batch)",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
+    segment_new_below: int = _setting(
+        5,
+        "LOOPWISE_SEGMENT_NEW_BELOW",
+        "users with fewer interactions are 'new'",
+        parse=int,
+        check=lambda v: v >= 0,
+        expected="an integer >= 0",
+    )
+    segment_power_above: int = _setting(
+        100,
+        "LOOPWISE_SEGMENT_POWER_ABOVE",
+        "users with more interactions are 'power'",
+        parse=int,
+        check=lambda v: v >= 0,
+        expected="an integer >= 0",
+    )
+    inactive_after_days: float = _setting(
+        30.0,
+        "LOOPWISE_INACTIVE_AFTER_DAYS",
+        "users without activity for this long are 'inactive'",
+        parse=float,
+        check=_positive,
+        expected="a positive number of days",
+    )
+    inactivity_scan_s: float = _setting(
+        3600.0,
+        "LOOPWISE_INACTIVITY_SCAN_S",
+        "how often a worker re-classifies all of its users (inactivity)",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    dedupe_ids: int = _setting(
+        16,
+        "LOOPWISE_DEDUPE_IDS",
+        "recent event ids kept per user to drop re-sent duplicates",
+        parse=int,
+        check=lambda v: 1 <= v <= 1024,
+        expected="an integer in 1..1024",
+    )
     max_message_bytes: int = _setting(
         1_000_000,
         "LOOPWISE_MAX_MESSAGE_BYTES",
@@ -205,6 +254,75 @@ class Settings:
         parse=float,
         check=_positive,
         expected="a positive number",
+    )
+    api_token: str = _setting(
+        "",
+        "LOOPWISE_API_TOKEN",
+        "bearer token of the mutating HTTP endpoints (POST /experiments...); empty: refused",
+        secret=True,
+    )
+    api_max_body_bytes: int = _setting(
+        65_536,
+        "LOOPWISE_API_MAX_BODY_BYTES",
+        "larger HTTP request bodies are refused with 413",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    experiment_results_interval_s: float = _setting(
+        1.0,
+        "LOOPWISE_EXPERIMENT_RESULTS_INTERVAL_S",
+        "at most one result per experiment per this many seconds (the last change always)",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
+    experiment_history_interval_s: float = _setting(
+        60.0,
+        "LOOPWISE_EXPERIMENT_HISTORY_INTERVAL_S",
+        "results kept in PostgreSQL history at most this often (decisions always)",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
+    experiment_min_sample: int = _setting(
+        500,
+        "LOOPWISE_EXPERIMENT_MIN_SAMPLE",
+        "default minimum units per variant before an early stop (min_sample_size)",
+        parse=int,
+        check=lambda v: v >= 0,
+        expected="an integer >= 0",
+    )
+    experiment_min_runtime_s: int = _setting(
+        3600,
+        "LOOPWISE_EXPERIMENT_MIN_RUNTIME_S",
+        "default minimum run time (event time) before an early stop (min_runtime_seconds)",
+        parse=int,
+        check=lambda v: v >= 0,
+        expected="an integer >= 0",
+    )
+    experiment_realloc_interval_s: float = _setting(
+        3600.0,
+        "LOOPWISE_EXPERIMENT_REALLOC_INTERVAL_S",
+        "bandit mode: event-time length of an allocation period before reallocating",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    experiment_bandit: str = _setting(
+        "top_two",
+        "LOOPWISE_EXPERIMENT_BANDIT",
+        "bandit mode allocation: thompson or top_two (top-two Thompson sampling)",
+        check=lambda v: v in {"thompson", "top_two"},
+        expected="thompson or top_two",
+    )
+    experiment_max_held_units: int = _setting(
+        10_000,
+        "LOOPWISE_EXPERIMENT_MAX_HELD_UNITS",
+        "conversions of not-yet-exposed units held per experiment (more: dead-lettered)",
+        parse=int,
+        check=lambda v: v >= 0,
+        expected="an integer >= 0",
     )
     log_level: str = _setting(
         "info",
@@ -255,6 +373,8 @@ class Settings:
                 f"LOOPWISE_EXPECTED_WORKERS={self.expected_workers}: workers would get "
                 "unequal shares of the keys"
             )
+        if self.segment_power_above < self.segment_new_below:
+            errors.append("LOOPWISE_SEGMENT_POWER_ABOVE must be >= LOOPWISE_SEGMENT_NEW_BELOW")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             errors.append(f"REDIS_URL={self.redis_url!r}: expected redis://, rediss:// or unix://")
         if not self.database_url.startswith(("postgresql://", "postgres://")):

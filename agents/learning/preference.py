@@ -160,3 +160,48 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     dots = np.einsum("ij,ij->i", a, b)
     return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+
+def window_contributions(
+    owner: np.ndarray,
+    kind_idx: np.ndarray,
+    strength: np.ndarray,
+    features: np.ndarray,
+    params: EmaParams,
+    n_owners: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Implicit signals summed per user for a window: (Σ w·s·x, Σ w) with w = m(kind)·|s|.
+
+    A window is applied later as one EMA step (:func:`window_rates`) towards the weighted
+    mean signal ``Σ w·s·x / Σ w``; a window of one event is exactly that event's update.
+
+    Parameters
+    ----------
+    owner : (n,) int array, row of the user of each event
+    kind_idx, strength : (n,) arrays
+    features : (n, d) float array
+    n_owners : number of users (rows of the result)
+
+    Returns
+    -------
+    sums : (n_owners, d) float array; weights : (n_owners,) float array
+
+    >>> p = EmaParams(type_multipliers={"click": 0.5})
+    >>> k = np.array([KIND_INDEX["click"]] * 2)
+    >>> sums, w = window_contributions(np.array([0, 0]), k, np.ones(2), np.eye(2), p, 1)
+    >>> sums.tolist(), w.tolist()
+    ([[0.5, 0.5]], [1.0])
+    """
+    w = params.multipliers()[kind_idx] * np.abs(strength)
+    sums = np.zeros((n_owners, features.shape[1]))
+    np.add.at(sums, owner, (w * strength)[:, None] * features)
+    return sums, np.bincount(owner, weights=w, minlength=n_owners)
+
+
+def window_rates(weights: np.ndarray, params: EmaParams) -> np.ndarray:
+    """EMA rate of a closed window: clip(base_alpha × Σ w, 0, max_alpha); shape like input.
+
+    >>> window_rates(np.array([0.5, 100.0]), EmaParams(base_alpha=0.1, max_alpha=0.5)).tolist()
+    [0.05, 0.5]
+    """
+    return np.clip(params.base_alpha * np.asarray(weights, dtype=np.float64), 0.0, params.max_alpha)

@@ -23,6 +23,8 @@ from agents.learning.preference import (
     ema_sequential,
     learning_rates,
     signal_strength,
+    window_contributions,
+    window_rates,
 )
 from streams.config import Settings
 from streams.harness import Deployment
@@ -215,3 +217,60 @@ def test_duplicated_event_changes_nothing(running: Deployment) -> None:
     want = expected_vector([*events, marker])
     np.testing.assert_allclose(after["vector"], want, rtol=1e-5, atol=1e-6)
     assert after["version"] == before["version"] + 1
+
+
+def implicit(n: int, user: str, item: str, kind: str, value: float | None = None) -> dict[str, Any]:
+    event = feedback(n, user, item, kind, value)
+    event["impression_id"] = f"imp-{user}-{n}"
+    if kind == "impression":
+        event["algorithm"] = "als"
+    return event
+
+
+def test_implicit_feedback_is_applied_once_per_window(deployment: Deployment) -> None:
+    deployment.produce("items", [item_event(k, v) for k, v in ITEMS.items()], key_field="item_id")
+    deployment.start_worker(LOOPWISE_IMPLICIT_WINDOW_S="2")
+    user = f"{deployment.run_id}-imp"
+    events = [
+        implicit(0, user, "item-0", "click"),
+        implicit(1, user, "item-1", "dwell", 60.0),
+        implicit(2, user, "item-2", "view"),
+        implicit(3, user, "item-3", "impression"),
+        implicit(4, user, "item-1", "conversion", 25.0),
+    ]
+    deployment.produce("feedback.implicit", events)
+
+    def applied() -> bool:
+        cached = redis_value(deployment, user)
+        return cached is not None and cached["vector"] != [0.0] * DIM
+
+    wait_for(applied, what="window applied")
+
+    defaults = Settings.from_env({})
+    params = EmaParams(defaults.base_alpha, defaults.max_alpha, defaults.type_multipliers)
+    kinds = np.array([KIND_INDEX[e["kind"]] for e in events])
+    values = np.array([float(e.get("value", np.nan)) for e in events])
+    s = signal_strength(kinds, values, params)
+    feats = np.stack([ITEMS[e["item_id"]] for e in events])
+    sums, weights = window_contributions(np.zeros(5, dtype=np.int64), kinds, s, feats, params, 1)
+    alpha = window_rates(weights, params)
+    want = alpha[0] * sums[0] / weights[0]  # one EMA step from the zero vector
+    cached = redis_value(deployment, user)
+    assert cached is not None and cached["interactions"] == 5
+    np.testing.assert_allclose(cached["vector"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_segment_changes_are_emitted(running: Deployment) -> None:
+    user = f"{running.run_id}-seg"
+    first = [feedback(n, user, "item-1", "like") for n in range(2)]
+    running.produce("feedback.explicit", first)
+    wait_for(lambda: (redis_value(running, user) or {}).get("interactions") == 2, what="first")
+    assert (redis_value(running, user) or {})["segment"] == "new"
+    running.produce("feedback.explicit", [feedback(n, user, "item-2", "save") for n in range(2, 6)])
+    wait_for(lambda: (redis_value(running, user) or {}).get("interactions") == 6, what="second")
+    assert (redis_value(running, user) or {})["segment"] == "regular"
+    changes = [c for c in running.read("segments.changes") if c["user_id"] == user]
+    assert [(c["previous_segment"], c["segment"], c["reason"]) for c in changes] == [
+        (None, "new", "first_seen"),
+        ("new", "regular", "interaction_count"),
+    ]

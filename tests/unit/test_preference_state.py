@@ -2,17 +2,42 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.preference_state import PreferenceState, event_id_hash
+from agents.preference_state import _HEADER, PreferenceState, event_id_hash
 
 
 def test_pack_round_trip_is_compact() -> None:
-    state = PreferenceState(np.arange(32, dtype=np.float32), 7, 12, 1234, [5, 9], [1, 2, 3])
+    state = PreferenceState(
+        np.arange(32, dtype=np.float32),
+        7,
+        12,
+        1234,
+        5678,
+        [5, 9],
+        [1, 2, 3],
+        partition=3,
+        segment="power",
+    )
     blob = state.pack()
-    assert len(blob) == 44 + 3 * 8 + 32 * 4
+    assert len(blob) == _HEADER.size + 3 * 8 + 32 * 4  # no window: no second vector
     back = PreferenceState.unpack(blob)
     np.testing.assert_array_equal(back.vector, state.vector)
-    assert (back.version, back.interactions, back.last_ts) == (7, 12, 1234)
+    assert (back.version, back.interactions, back.last_ts, back.last_active) == (7, 12, 1234, 5678)
     assert back.offsets == [5, 9] and back.recent_ids == [1, 2, 3]
+    assert (back.partition, back.segment, back.has_window) == (3, "power", False)
+
+
+def test_window_round_trip_and_close() -> None:
+    state = PreferenceState.empty(2)
+    state.add_to_window(np.array([0.5, 0.0]), 0.5, now_ms=100)
+    state.add_to_window(np.array([0.0, 0.25]), 0.25, now_ms=200)
+    back = PreferenceState.unpack(state.pack())
+    assert back.has_window and back.window_opened == 100 and back.segment is None
+    closed = back.close_window()
+    assert closed is not None
+    np.testing.assert_allclose(closed[0], [0.5, 0.25])
+    assert closed[1] == 0.75
+    assert not back.has_window and back.close_window() is None
+    assert len(back.pack()) == _HEADER.size + 2 * 4
 
 
 def test_seen_by_offset_or_by_event_id() -> None:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from faust.types import StreamT
 
+from agents import bandits
 from agents.learning.preference import (
     KIND_INDEX,
     EmaParams,
@@ -328,7 +329,19 @@ async def persist_and_publish(work: Worklist, valid: list[Valid] | None = None) 
     TABLE_KEYS.labels(table="preferences").set(len(preferences_table))
 
 
+async def reject_unknown_algorithms(valid: list[Valid]) -> list[Valid]:
+    kept = []
+    for v in valid:
+        problem = bandits.unknown_algorithm(v)
+        if problem is None:
+            kept.append(v)
+        else:
+            await boundary.reject(v.event, "unknown_arm", problem)
+    return kept
+
+
 async def process(valid: list[Valid]) -> None:
+    valid = await reject_unknown_algorithms(valid)
     valid, features = await resolve_items(valid)
     if not valid:
         return
@@ -336,6 +349,11 @@ async def process(valid: list[Valid]) -> None:
     work = Worklist()
     apply_events(work, valid, features, now)
     update_segments(work, list(work.dirty), now)
+    implicit = [v for v in valid if _slot_of_topic[v.topic] != EXPLICIT]
+    if implicit:
+        for v in implicit:  # the segment at impression time, also for users not yet stored
+            work.load(v.payload["user_id"], v.partition)
+        await bandits.attribute(implicit, {u: s.segment or "new" for u, s in work.states.items()})
     await persist_and_publish(work, valid)
 
 

@@ -68,6 +68,8 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
         spec = resolve(settings, args.topic)
     except KeyError as exc:
         return _fail(str(exc.args[0]))
+    if spec.schema is None:
+        return _fail(f"{spec.name} is an internal topic; only workers write to it")
     decode = EventDecoder(spec.schema, settings.max_message_bytes)
     target = settings.topic(spec.name)
     prod = producer(settings)
@@ -130,6 +132,8 @@ def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
         raw = base64.b64decode(dl["original"])
         try:
             spec = resolve(settings, src["topic"])
+            if spec.schema is None:
+                raise KeyError(f"{spec.name} is internal")
             EventDecoder(spec.schema, settings.max_message_bytes)(raw)
         except (KeyError, Rejected) as exc:
             still_invalid += 1

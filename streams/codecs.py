@@ -27,6 +27,7 @@ ERROR_KINDS = (
     "schema_violation",
     "unknown_event_kind",
     "unknown_item",
+    "unknown_arm",
     "dimension_mismatch",
     "missing_session",
     "quarantined",

@@ -57,6 +57,14 @@ def _setting(default: Any, env: str, help: str, *, secret: bool = False, **kwarg
     return field(default=default, metadata=metadata, repr=not secret)
 
 
+def _parse_names(raw: str) -> tuple[str, ...]:
+    """``"a, b,c"`` → ``("a", "b", "c")``; names must be unique."""
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    if len(set(names)) != len(names):
+        raise ValueError("names must be unique")
+    return names
+
+
 def _positive(value: float) -> bool:
     return value > 0
 
@@ -239,6 +247,73 @@ class Settings:
         check=lambda v: 1 <= v <= 1024,
         expected="an integer in 1..1024",
     )
+    algorithms: tuple[str, ...] = _setting(
+        ("collaborative", "content", "popular", "trending"),
+        "LOOPWISE_ALGORITHMS",
+        "recommendation algorithms the bandits weigh (impressions of others are dead-lettered)",
+        parse=_parse_names,
+        check=lambda names: 1 <= len(names) <= 64,
+        expected="1 to 64 unique names separated by commas",
+    )
+    attribution_window_s: float = _setting(
+        1800.0,
+        "LOOPWISE_ATTRIBUTION_WINDOW_S",
+        "an impression's first click/conversion within this window is a success, else a failure",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    attribution_idle_grace_s: float = _setting(
+        60.0,
+        "LOOPWISE_ATTRIBUTION_IDLE_GRACE_S",
+        "windows of an idle partition close by wall clock after this extra delay",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
+    bandit_publish_s: float = _setting(
+        5.0,
+        "LOOPWISE_BANDIT_PUBLISH_S",
+        "how often the leader publishes weights.algorithms",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    exploration_rates: dict[str, float] = _setting(
+        {"new": 0.30, "inactive": 0.20, "regular": 0.10, "power": 0.05},
+        "LOOPWISE_EXPLORATION_RATES",
+        "exploration rate per segment, e.g. 'new=0.3,power=0.05' (merged with the defaults)",
+        parse=_parse_float_map,
+        check=lambda rates: (
+            set(rates) == {"new", "inactive", "regular", "power"}
+            and all(0 <= r <= 1 for r in rates.values())
+        ),
+        expected="new/inactive/regular/power = numbers in [0, 1]",
+    )
+    disable_ctr: float = _setting(
+        0.005,
+        "LOOPWISE_DISABLE_CTR",
+        "algorithms whose CTR is confidently below this are disabled",
+        parse=float,
+        check=_probability,
+        expected="a number in (0, 1]",
+    )
+    disable_min_impressions: int = _setting(
+        1000,
+        "LOOPWISE_DISABLE_MIN_IMPRESSIONS",
+        "resolved impressions needed in the window before disabling",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    disable_window_days: int = _setting(
+        7,
+        "LOOPWISE_DISABLE_WINDOW_DAYS",
+        "sliding window of the auto-disable rule (and its cool-down), in days",
+        parse=int,
+        check=lambda v: 1 <= v <= 90,
+        expected="an integer in 1..90",
+    )
     max_message_bytes: int = _setting(
         1_000_000,
         "LOOPWISE_MAX_MESSAGE_BYTES",
@@ -353,7 +428,7 @@ class Settings:
             except ValueError as exc:
                 errors.append(f"{spec.env}={raw!r}: {exc}")
                 continue
-            if f.name == "type_multipliers":
+            if f.name in ("type_multipliers", "exploration_rates"):
                 value = {**f.metadata["default"], **value}
             if spec.check is not None and not spec.check(value):
                 errors.append(f"{spec.env}={raw!r}: expected {spec.expected}")
@@ -400,5 +475,7 @@ def settings_table() -> list[tuple[str, str, str]]:
             )
         if isinstance(default, dict):
             default = ",".join(f"{k}={v}" for k, v in default.items())
+        if isinstance(default, tuple):
+            default = ",".join(default)
         rows.append((spec.env, str(default), spec.help))
     return rows

@@ -18,6 +18,7 @@ DAY_MS = 24 * 3600 * 1000
 class Direction(Enum):
     INPUT = "input"
     OUTPUT = "output"
+    INTERNAL = "internal"  # written and read only by Loopwise workers; no public schema
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class TopicSpec:
 
     name: str
     key_field: str
-    schema: str
+    schema: str | None
     direction: Direction
     description: str
     compacted: bool = False
@@ -141,6 +142,14 @@ TOPICS: tuple[TopicSpec, ...] = (
         _OUT,
         "rejected input with reason and source coordinates",
         retention_ms=30 * DAY_MS,
+    ),
+    TopicSpec(
+        "bandits.partials",
+        "partition",
+        None,
+        Direction.INTERNAL,
+        "per input partition: absolute bandit counts (agents/bandit_attribution.py)",
+        compacted=True,
     ),
 )
 

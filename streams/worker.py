@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from faust.worker import Worker
 
+import agents.bandits
 import agents.items
 import agents.preferences
 import streams.web  # noqa: F401  (registers the views)
 from streams.app import app, settings
 
-AGENT_MODULES = (agents.items, agents.preferences)
+AGENT_MODULES = (agents.bandits, agents.items, agents.preferences)
 
 
 def run_worker() -> None:

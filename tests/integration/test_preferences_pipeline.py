@@ -223,7 +223,7 @@ def implicit(n: int, user: str, item: str, kind: str, value: float | None = None
     event = feedback(n, user, item, kind, value)
     event["impression_id"] = f"imp-{user}-{n}"
     if kind == "impression":
-        event["algorithm"] = "als"
+        event["algorithm"] = "collaborative"
     return event
 
 

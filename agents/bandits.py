@@ -1,0 +1,347 @@
+"""Bandits: per (segment, algorithm) Beta posteriors and the weights every worker serves.
+
+Two halves:
+
+* **Attribution** (per input partition, inside the feedback agent's batch — the events are
+  validated once): impressions, clicks and conversions update impression records and the
+  partition's :class:`~agents.bandit_attribution.Partial` in the ``bandits`` table, and the
+  partial (absolute counts, versioned) is sent to the compacted ``bandits.partials`` topic.
+  A timer closes attribution windows (failures) by event time.
+* **Publishing** (the leader, every ``LOOPWISE_BANDIT_PUBLISH_S``): every worker reads all
+  partials (:class:`streams.compacted.CompactedTopicReader`); the leader sums them, computes
+  the posteriors Beta(1 + successes, 1 + failures), each algorithm's exact probability of
+  being best, the segment's exploration rate and the auto-disabled set, and publishes
+  ``weights.algorithms`` (plus Redis and PostgreSQL). Summing absolute partials makes the
+  publisher idempotent: re-reading a partial twice changes nothing.
+
+Auto-disable is evaluated on the last ``LOOPWISE_DISABLE_WINDOW_DAYS`` days: an algorithm
+with at least ``LOOPWISE_DISABLE_MIN_IMPRESSIONS`` resolved impressions whose Clopper–Pearson
+upper bound of CTR is below ``LOOPWISE_DISABLE_CTR`` is disabled (weight 0) and announced on
+``actions``. A disabled algorithm gets no traffic, so its evidence ages out of the window;
+it is then enabled again — re-probed at its exploration share — and disabled again if it is
+still bad. The cool-down is therefore the window length.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import faust
+import numpy as np
+import orjson
+
+from agents.bandit_attribution import (
+    DAY_MS,
+    Partial,
+    Signal,
+    apply_signals,
+    close_windows,
+    sum_partials,
+)
+from agents.learning.autodisable import clopper_pearson
+from agents.learning.segments import SEGMENTS
+from agents.learning.thompson import ExplorationConfig, prob_best_exact, serving_weights
+from streams.app import app, postgres, redis_values, settings, topic
+from streams.boundary import Valid
+from streams.codecs import encode
+from streams.compacted import CompactedTopicReader
+from streams.metrics import EVENTS_OUT
+from streams.state import put
+
+log = logging.getLogger(__name__)
+AGENT = "bandits"
+ALGORITHMS: tuple[str, ...] = settings.algorithms
+ALGORITHM_INDEX = {name: i for i, name in enumerate(ALGORITHMS)}
+SEGMENT_INDEX = {name: i for i, name in enumerate(SEGMENTS)}
+WINDOW_MS = int(settings.attribution_window_s * 1000)
+KEEP_DAYS = settings.disable_window_days + 1
+
+bandits_table = app.Table(
+    "bandits", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
+)
+bandits_table.value_serializer = "raw"
+partials_topic = topic("bandits.partials")
+weights_topic = topic("weights.algorithms")
+actions_topic = topic("actions")
+exploration = ExplorationConfig(**settings.exploration_rates)
+
+UPSERT_SQL = """
+INSERT INTO algorithm_weights (segment, version, payload, updated_at)
+VALUES (%s, %s, %s, now())
+ON CONFLICT (segment) DO UPDATE SET version = EXCLUDED.version, payload = EXCLUDED.payload,
+    updated_at = now()
+WHERE algorithm_weights.version < EXCLUDED.version
+"""
+
+
+def partial_key(partition: int) -> str:
+    return f"partial|{partition}"
+
+
+def load_partial(partition: int) -> Partial:
+    blob = bandits_table.get(partial_key(partition))
+    return Partial.from_bytes(blob) if blob else Partial(len(SEGMENTS), len(ALGORITHMS))
+
+
+def get_record(key: str) -> dict[str, Any] | None:
+    blob = bandits_table.get(key)
+    return orjson.loads(blob) if blob else None
+
+
+class Deadlines:
+    """This worker's open impression records by partition: key → deadline (ms)."""
+
+    def __init__(self) -> None:
+        self.by_partition: dict[int, dict[str, int]] = defaultdict(dict)
+        self.scanned_assignment: frozenset[Any] = frozenset()
+
+
+deadlines = Deadlines()
+
+
+def unknown_algorithm(valid: Valid) -> str | None:
+    """Why an impression cannot be attributed (dead-letter message), or None."""
+    p = valid.payload
+    if p["kind"] == "impression" and p.get("algorithm") not in ALGORITHM_INDEX:
+        return f"unknown algorithm {p.get('algorithm')!r}; known: {', '.join(ALGORITHMS)}"
+    return None
+
+
+async def attribute(implicit: list[Valid], segment_of: dict[str, str]) -> None:
+    """Attribution for a batch's implicit events (already de-duplicated per user upstream
+    only for learning — attribution keeps its own offsets, so it sees every event)."""
+    by_partition: dict[int, list[Signal]] = defaultdict(list)
+    for v in implicit:
+        p = v.payload
+        if p["kind"] not in ("impression", "click", "conversion") or "impression_id" not in p:
+            continue
+        is_impression = p["kind"] == "impression"
+        by_partition[v.partition].append(
+            Signal(
+                offset=v.offset,
+                ts_ms=int(v.timestamp * 1000),
+                kind=p["kind"],
+                impression_id=p["impression_id"],
+                algorithm=ALGORITHM_INDEX[p["algorithm"]] if is_impression else -1,
+                segment=SEGMENT_INDEX[segment_of.get(p["user_id"]) or "new"]
+                if is_impression
+                else -1,
+            )
+        )
+    for partition, signals in by_partition.items():
+        signals.sort(key=lambda s: s.offset)
+        partial = load_partial(partition)
+        before = (partial.offset, partial.trials.sum())
+        changed = apply_signals(partial, signals, get_record, WINDOW_MS, KEEP_DAYS)
+        for key, rec in changed.items():
+            rec["p"] = partition
+            put(bandits_table, partition, key, orjson.dumps(rec))
+            deadlines.by_partition[partition][key] = rec["d"]
+        if (partial.offset, partial.trials.sum()) != before or changed:
+            await save_partial(partition, partial)
+
+
+async def save_partial(partition: int, partial: Partial) -> None:
+    partial.version += 1
+    blob = partial.to_bytes()
+    put(bandits_table, partition, partial_key(partition), blob)
+    await partials_topic.send(key=str(partition).encode(), value=blob)
+
+
+def _implicit_partitions() -> set[int]:
+    name = settings.topic("feedback.implicit")
+    try:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == name}
+    except Exception:  # consumer not started yet
+        return set()
+
+
+def _rescan(assigned: set[int]) -> None:
+    deadlines.by_partition.clear()
+    for key, blob in list(bandits_table.items()):
+        if key.startswith("imp|"):
+            rec = orjson.loads(blob)
+            deadlines.by_partition[rec.get("p", -1)][key] = rec["d"]
+
+
+async def close_due(now_ms: int) -> None:
+    """Close attribution windows whose deadline passed the partition's event time."""
+    assigned = _implicit_partitions()
+    for partition in assigned:
+        partial = load_partial(partition)
+        idle_until = now_ms - int(settings.attribution_idle_grace_s * 1000)
+        until = max(partial.event_time, idle_until) if partial.offset >= 0 else idle_until
+        open_records = deadlines.by_partition.get(partition, {})
+        due = [k for k, d in open_records.items() if d <= until]
+        if not due:
+            continue
+        records = [(k, r) for k in due if (r := get_record(k)) is not None]
+        expired = close_windows(partial, records, until, KEEP_DAYS)
+        await save_partial(partition, partial)  # before the deletions: see attribution
+        for key in expired:
+            put(bandits_table, partition, key, None)  # type: ignore[arg-type]
+            bandits_table.data.pop(key, None)
+            open_records.pop(key, None)
+        for key in set(due) - set(expired):
+            open_records.pop(key, None)
+
+
+class PartialsView:
+    """Latest partial of every input partition, read by every worker."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, Partial] = {}
+        self.lock = threading.Lock()
+        self.reader = CompactedTopicReader(
+            settings.kafka_bootstrap_servers, settings.topic("bandits.partials"), self._apply
+        )
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None or value is None:
+            return
+        partial = Partial.from_bytes(value)
+        partition = int(key)
+        with self.lock:
+            current = self.latest.get(partition)
+            if current is None or current.version <= partial.version:
+                self.latest[partition] = partial
+
+    def snapshot(self) -> list[Partial]:
+        with self.lock:
+            return list(self.latest.values())
+
+
+partials_view = PartialsView()
+
+
+@app.service
+class PartialsReader(faust.Service):
+    """Starts the partials reader with the worker."""
+
+    async def on_start(self) -> None:
+        partials_view.reader.start()
+
+    async def on_stop(self) -> None:
+        partials_view.reader.stop()
+
+
+_published_disabled: dict[str, set[str]] = {}
+
+
+def segment_weights(
+    segment: str, trials: np.ndarray, successes: np.ndarray, window_trials: np.ndarray,
+    window_successes: np.ndarray, version: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The ``weights.algorithms`` event of one segment from its (K,) counts."""
+    alpha = 1.0 + successes
+    beta = 1.0 + (trials - successes)
+    best = prob_best_exact(alpha, beta)
+    _, upper = clopper_pearson(window_successes, window_trials)
+    disabled = (window_trials >= settings.disable_min_impressions) & (upper < settings.disable_ctr)
+    eps = float(getattr(exploration, segment))
+    weights = serving_weights(best, eps, enabled=~disabled)
+    return {
+        "event_id": f"alg:{segment}:{version}",
+        "schema_version": 1,
+        "ts": int(time.time() * 1000),
+        "segment": segment,
+        "algorithms": [
+            {
+                "name": name,
+                "alpha": float(alpha[k]),
+                "beta": float(beta[k]),
+                "mean": float(alpha[k] / (alpha[k] + beta[k])),
+                "prob_best": float(best[k]),
+                "weight": float(weights[k]),
+                "disabled": bool(disabled[k]),
+            }
+            for k, name in enumerate(ALGORITHMS)
+        ],
+        "exploration_rate": eps,
+        "seed": 0,
+        "mode": "stationary",
+        "version": version,
+    }
+
+
+async def publish() -> int:
+    """Sum the partials and publish every segment's weights; returns the segments sent."""
+    partials = partials_view.snapshot()
+    if not partials:
+        return 0
+    trials, successes = sum_partials(partials)
+    since = int(time.time() * 1000) // DAY_MS - settings.disable_window_days + 1
+    w_trials, w_successes = sum_partials(partials, since_day=since)
+    version = int(time.time() * 1000)
+    events = [
+        segment_weights(seg, trials[s], successes[s], w_trials[s], w_successes[s], version)
+        for s, seg in enumerate(SEGMENTS)
+    ]
+    payloads = [encode(ev) for ev in events]
+    await redis_values.write_many(
+        "alg",
+        ((ev["segment"], version, payload) for ev, payload in zip(events, payloads, strict=True)),
+    )
+    await postgres.execute_many(
+        UPSERT_SQL,
+        [
+            (ev["segment"], version, payload.decode())
+            for ev, payload in zip(events, payloads, strict=True)
+        ],
+    )
+    for ev, payload in zip(events, payloads, strict=True):
+        await weights_topic.send(key=ev["segment"].encode(), value=payload)
+        await announce_transitions(ev)
+    EVENTS_OUT.labels(topic=weights_topic.get_topic_name(), agent=AGENT).inc(len(events))
+    return len(events)
+
+
+async def announce_transitions(event: dict[str, Any]) -> None:
+    segment = event["segment"]
+    now_disabled = {a["name"] for a in event["algorithms"] if a["disabled"]}
+    before = _published_disabled.get(segment, set())
+    for name in sorted(now_disabled ^ before):
+        kind = "disable_algorithm" if name in now_disabled else "enable_algorithm"
+        algo = next(a for a in event["algorithms"] if a["name"] == name)
+        action = {
+            "event_id": f"act:{kind}:{segment}:{name}:{event['version']}",
+            "schema_version": 1,
+            "ts": event["ts"],
+            "action_id": f"{kind}:{segment}:{name}:{event['version']}",
+            "target": "recommendation-orchestrator",
+            "kind": kind,
+            "parameters": {"segment": segment, "algorithm": name},
+            "reason": (
+                f"{settings.disable_window_days}-day CTR upper bound "
+                f"{'below' if kind == 'disable_algorithm' else 'no longer confidently below'} "
+                f"{settings.disable_ctr:.4f}; posterior mean {algo['mean']:.5f}"
+            ),
+            "source": AGENT,
+        }
+        await actions_topic.send(key=action["target"].encode(), value=encode(action))
+    _published_disabled[segment] = now_disabled
+
+
+@app.timer(interval=1.0, name=f"{settings.app_id}.bandit-windows")
+async def close_attribution_windows() -> None:
+    if not app.tables.recovery.completed.is_set() or app.rebalancing:
+        return
+    from agents.preferences import windows  # the feedback agent's lock: no interleaving
+
+    async with windows.lock:
+        assigned = frozenset(_implicit_partitions())
+        if assigned != deadlines.scanned_assignment:
+            deadlines.scanned_assignment = assigned
+            _rescan(set(assigned))
+        await close_due(int(time.time() * 1000))
+
+
+@app.timer(
+    interval=settings.bandit_publish_s, on_leader=True, name=f"{settings.app_id}.bandit-publish"
+)
+async def publish_weights() -> None:
+    await publish()

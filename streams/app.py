@@ -14,6 +14,8 @@ from faust.types import TopicT
 
 from streams.catalog import ItemCatalog
 from streams.config import Settings
+from streams.security import current as current_security
+from streams.security import faust_app_settings, postgres_conninfo, redis_client_kwargs
 from streams.sinks.postgres_sink import PostgresRecords
 from streams.sinks.redis_sink import RedisLatestValues
 from streams.topics import get_topic
@@ -21,6 +23,7 @@ from streams.topics import get_topic
 log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
+security = current_security()
 
 app = faust.App(
     settings.app_id,
@@ -46,6 +49,7 @@ app = faust.App(
     table_standby_replicas=0,
     key_serializer="raw",
     value_serializer="raw",
+    **faust_app_settings(security.kafka),
 )
 
 
@@ -85,13 +89,17 @@ redis_values = RedisLatestValues(
     settings.redis_url,
     key_prefix=f"{settings.topic_prefix}",
     max_backoff_s=settings.sink_retry_max_s,
+    **redis_client_kwargs(security.redis),
 )
-postgres = PostgresRecords(settings.database_url, max_backoff_s=settings.sink_retry_max_s)
+postgres = PostgresRecords(
+    postgres_conninfo(settings.database_url, security.postgres),
+    max_backoff_s=settings.sink_retry_max_s,
+)
 
 
 @app.on_before_configured.connect
 def _log_settings(app: faust.App, **kwargs: object) -> None:  # pragma: no cover - logging
-    log.info("loopwise settings: %s", settings)
+    log.info("loopwise settings: %s; security: %r", settings, security)
 
 
 class Resources(faust.Service):

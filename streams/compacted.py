@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from streams.security import confluent_config
+
 log = logging.getLogger(__name__)
 
 
@@ -41,13 +43,15 @@ class CompactedTopicReader:
 
     def _consumer(self) -> Consumer:
         return Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": "loopwise-compacted-reader-unused",  # required, never joined
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-                "log_level": 3,
-            }
+            confluent_config(
+                self.bootstrap,
+                **{
+                    "group.id": "loopwise-compacted-reader-unused",  # required, never joined
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": False,
+                    "log_level": 3,
+                },
+            )
         )
 
     def _run(self) -> None:

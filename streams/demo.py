@@ -25,6 +25,7 @@ from agents.learning.preference import cosine_similarity
 from streams.config import REPO_ROOT
 from streams.harness import Deployment
 from streams.kafka_admin import producer
+from streams.security import confluent_config, current, redis_client_kwargs
 
 DIM = 8
 N_ITEMS = 400
@@ -123,7 +124,7 @@ def main() -> int:
     worker = dep.start_worker()
     print(f"demo: worker ready; HTTP on {worker.url('/ready')} and {worker.url('/metrics')}")
 
-    client = redis.Redis.from_url(dep.settings.redis_url)
+    client = redis.Redis.from_url(dep.settings.redis_url, **redis_client_kwargs(current().redis))
     prod = producer(dep.settings)
     header = "   t   events  " + " ".join(f"{u:>7}" for u in users) + "   mean  dead-letters"
     print(
@@ -201,7 +202,7 @@ def _dead_letter_count(dep: Deployment) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
-        {"bootstrap.servers": dep.settings.kafka_bootstrap_servers, "group.id": "demo-dlq-count"}
+        confluent_config(dep.settings.kafka_bootstrap_servers, **{"group.id": "demo-dlq-count"})
     )
     try:
         topic = dep.topic("deadletter")

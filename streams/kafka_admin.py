@@ -16,16 +16,17 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.config import Settings
+from streams.security import confluent_config
 from streams.topics import TOPICS
 
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    return AdminClient(confluent_config(settings.kafka_bootstrap_servers))
 
 
 def producer(settings: Settings, **overrides: object) -> Producer:
     conf: dict[str, object] = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        **confluent_config(settings.kafka_bootstrap_servers),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -93,7 +94,7 @@ def read_topic(
     """Every (key, value) currently in ``topic``, from the beginning, without a group commit."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            **confluent_config(settings.kafka_bootstrap_servers),
             "group.id": f"loopwise-reader-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -15,13 +15,14 @@ from faust.web import Request, Response, View
 
 from streams.app import app, catalog, settings
 from streams.metrics import exposition
+from streams.security import confluent_config
 
 _started = time.time()
 _catalog_synced = False
 
 
 def _broker_reachable() -> bool:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 0})
+    admin = AdminClient(confluent_config(settings.kafka_bootstrap_servers, log_level=0))
     try:
         admin.list_topics(timeout=2)
         return True

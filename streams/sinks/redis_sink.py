@@ -34,9 +34,15 @@ _CHUNK = 256
 class RedisLatestValues:
     """Versioned latest-value store: ``write_many`` / ``read``."""
 
-    def __init__(self, url: str, key_prefix: str, max_backoff_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str, key_prefix: str, max_backoff_s: float = 5.0, **client_kwargs: Any
+    ) -> None:
         self.client = aioredis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=15
+            url,
+            socket_timeout=5,
+            socket_connect_timeout=3,
+            health_check_interval=15,
+            **client_kwargs,
         )
         self.key_prefix = key_prefix
         self.max_backoff_s = max_backoff_s

@@ -38,9 +38,13 @@ test-unit: setup
 test-integration: setup services-up
 	@set -a; source $(SERVICES_ENV); set +a; $(PYTEST_EXIT) $(BIN)/pytest -q tests/integration
 
+test-reliability: setup services-up
+	@set -a; source $(SERVICES_ENV); set +a; $(PYTEST_EXIT) $(BIN)/pytest -q tests/reliability
+
 test: setup lint services-up
 	$(PYTEST_EXIT) $(BIN)/pytest -q tests/unit tests/contract agents/learning --doctest-modules
-	@set -a; source $(SERVICES_ENV); set +a; $(PYTEST_EXIT) $(BIN)/pytest -q tests/integration
+	@set -a; source $(SERVICES_ENV); set +a; \
+	$(PYTEST_EXIT) $(BIN)/pytest -q tests/integration tests/reliability
 
 lint: setup
 	$(BIN)/ruff check .

@@ -5,9 +5,14 @@ the update land in the same changelog record (at-least-once delivery, idempotent
 
 * the last applied source offset per input topic — a replay from an older committed offset
   skips what was applied;
-* the hashes of the user's most recent event ids — the same event produced twice (at two
-  offsets) is applied once. Only the last ``max_ids`` ids are kept: a duplicate that
-  arrives after that many newer events of the same user is not recognised.
+* the hashes of the user's recent event ids with their arrival time (seconds) — the same
+  event produced again (at another offset) is applied once. Ids are kept for a horizon
+  (``LOOPWISE_DEDUPE_HORIZON_S``, and at least the last ``LOOPWISE_DEDUPE_IDS``): a
+  duplicate that arrives later than that is not recognised.
+
+The version is deterministic: it derives from the applied offsets (:meth:`event_version`),
+so a replay that rebuilds a state after a crash gives it the same version it had, and a
+Redis value written before the crash never looks newer than the rebuilt one.
 
 It also holds the implicit-feedback window still open (the weighted sum of its signals),
 the segment last published, and the partition the key lives on (timers write the table
@@ -16,7 +21,7 @@ outside stream iteration and must name it).
 Layout (little-endian): header ``<qqqqqqqdHHHHH`` = version, interactions, last_ts_ms,
 last_active_ms, explicit_offset, implicit_offset, window_opened_ms, window_weight,
 partition, segment code, dim, n_ids, has_window; then n_ids uint64 id hashes; dim float32
-vector; and, when a window is open, dim float32 window sum.
+vector; n_ids uint32 arrival seconds; and, when a window is open, dim float32 window sum.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class PreferenceState:
     window_sum: np.ndarray | None = None
     partition: int = 0
     segment: str | None = None
+    recent_seen: list[int] = field(default_factory=list)  # arrival time (s) of each id
 
     @classmethod
     def empty(cls, dim: int) -> PreferenceState:
@@ -70,7 +76,15 @@ class PreferenceState:
             self.offsets[0], self.offsets[1], self.window_opened, self.window_weight,
             self.partition, segment, vec.shape[0], len(self.recent_ids), int(self.has_window),
         )  # fmt: skip
-        parts = [header, np.asarray(self.recent_ids, dtype=np.uint64).tobytes(), vec.tobytes()]
+        parts = [
+            header,
+            np.asarray(self.recent_ids, dtype=np.uint64).tobytes(),
+            vec.tobytes(),
+            # one arrival time per id (0 = unknown), so the layout never goes out of step
+            np.resize(np.asarray(self.recent_seen, dtype=np.uint32), len(self.recent_ids))
+            .astype(np.uint32)
+            .tobytes(),
+        ]
         if self.window_sum is not None:
             parts.append(np.asarray(self.window_sum, dtype=np.float32).tobytes())
         return b"".join(parts)
@@ -84,6 +98,8 @@ class PreferenceState:
         pos += 8 * n_ids
         vec = np.frombuffer(blob, dtype=np.float32, count=dim, offset=pos).copy()
         pos += 4 * dim
+        seen = np.frombuffer(blob, dtype=np.uint32, count=n_ids, offset=pos).tolist()
+        pos += 4 * n_ids
         window = (
             np.frombuffer(blob, dtype=np.float32, count=dim, offset=pos).copy()
             if has_window
@@ -92,18 +108,33 @@ class PreferenceState:
         return cls(
             vec, version, interactions, last_ts, last_active, [off_e, off_i], ids,
             opened, weight, window, partition,
-            None if segment == NO_SEGMENT else SEGMENTS[segment],
+            None if segment == NO_SEGMENT else SEGMENTS[segment], seen,
         )  # fmt: skip
 
     def seen(self, topic_slot: int, offset: int, id_hash: int) -> bool:
         """True when this event was already applied (by offset or by event id)."""
         return offset <= self.offsets[topic_slot] or id_hash in self.recent_ids
 
-    def remember(self, topic_slot: int, offset: int, id_hash: int, max_ids: int) -> None:
+    def remember(
+        self, topic_slot: int, offset: int, id_hash: int, arrived_s: int, min_ids: int,
+        horizon_s: float,
+    ) -> None:  # fmt: skip
+        """Record an applied event; forget ids older than the horizon beyond the last
+        ``min_ids``."""
         self.offsets[topic_slot] = max(self.offsets[topic_slot], offset)
         self.recent_ids.append(id_hash)
-        if len(self.recent_ids) > max_ids:
-            del self.recent_ids[: len(self.recent_ids) - max_ids]
+        self.recent_seen.append(arrived_s)
+        horizon = arrived_s - horizon_s
+        drop = 0
+        while len(self.recent_ids) - drop > min_ids and self.recent_seen[drop] < horizon:
+            drop += 1
+        if drop:
+            del self.recent_ids[:drop], self.recent_seen[:drop]
+
+    def event_version(self) -> int:
+        """The version after applying events: grows by 1024 per applied offset, leaving
+        room for timer-driven changes (window closes, segment moves) in between."""
+        return ((self.offsets[0] + 1) + (self.offsets[1] + 1)) << 10
 
     def add_to_window(self, signal_sum: np.ndarray, weight: float, now_ms: int) -> None:
         """Accumulate implicit signals (Σ w·s·x and Σ w) into the open window."""

@@ -212,7 +212,8 @@ def apply_events(work: Worklist, valid: list[Valid], features: np.ndarray, now: 
         if state.seen(slot, v.offset, id_hash):
             EVENTS_DUPLICATE.labels(topic=v.topic, agent=AGENT).inc()
             continue
-        state.remember(slot, v.offset, id_hash, settings.dedupe_ids)
+        state.remember(slot, v.offset, id_hash, int(v.timestamp), settings.dedupe_ids,
+                       settings.dedupe_horizon_s)  # fmt: skip
         state.interactions += 1
         state.last_ts = max(state.last_ts, int(v.payload["ts"]))
         state.last_active = max(state.last_active, int(v.timestamp * 1000))
@@ -240,9 +241,7 @@ def apply_events(work: Worklist, valid: list[Valid], features: np.ndarray, now: 
         after = ema_batch(before, owner[explicit], alpha, strength[explicit],
                           features[idx[explicit]])  # fmt: skip
         for r in np.unique(owner[explicit]):
-            state = work.states[users[r]]
-            state.vector = after[r].astype(np.float32)
-            state.version += 1
+            work.states[users[r]].vector = after[r].astype(np.float32)
 
     implicit = ~explicit
     if implicit.any():
@@ -257,6 +256,9 @@ def apply_events(work: Worklist, valid: list[Valid], features: np.ndarray, now: 
             windows.opened.setdefault(users[r], state.window_opened)
         if settings.implicit_window_s == 0:
             close_windows(work, [users[r] for r in touched])
+    for r in np.unique(owner):
+        state = work.states[users[r]]
+        state.version = max(state.version + 1, state.event_version())
 
 
 def output_event(user_id: str, state: PreferenceState) -> dict[str, Any]:

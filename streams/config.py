@@ -239,10 +239,18 @@ class Settings:
         check=_positive,
         expected="a positive number of seconds",
     )
+    dedupe_horizon_s: float = _setting(
+        3600.0,
+        "LOOPWISE_DEDUPE_HORIZON_S",
+        "a re-sent event (same event id) is recognised for this long after the first",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
     dedupe_ids: int = _setting(
         16,
         "LOOPWISE_DEDUPE_IDS",
-        "recent event ids kept per user to drop re-sent duplicates",
+        "event ids kept per user beyond the horizon (the most recent ones)",
         parse=int,
         check=lambda v: 1 <= v <= 1024,
         expected="an integer in 1..1024",

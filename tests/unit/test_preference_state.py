@@ -16,9 +16,10 @@ def test_pack_round_trip_is_compact() -> None:
         [1, 2, 3],
         partition=3,
         segment="power",
+        recent_seen=[10, 11, 12],
     )
     blob = state.pack()
-    assert len(blob) == _HEADER.size + 3 * 8 + 32 * 4  # no window: no second vector
+    assert len(blob) == _HEADER.size + 3 * 12 + 32 * 4  # no window: no second vector
     back = PreferenceState.unpack(blob)
     np.testing.assert_array_equal(back.vector, state.vector)
     assert (back.version, back.interactions, back.last_ts, back.last_active) == (7, 12, 1234, 5678)
@@ -44,20 +45,30 @@ def test_seen_by_offset_or_by_event_id() -> None:
     state = PreferenceState.empty(4)
     h = event_id_hash("e1")
     assert not state.seen(0, 10, h)
-    state.remember(0, 10, h, max_ids=2)
+    state.remember(0, 10, h, arrived_s=100, min_ids=2, horizon_s=60)
     assert state.seen(0, 10, event_id_hash("other"))  # replayed offset
     assert state.seen(0, 11, h)  # same event id at a new offset
     assert not state.seen(1, 10, event_id_hash("other"))  # offsets are per topic
     assert not state.seen(0, 11, event_id_hash("e2"))
 
 
-def test_recent_ids_are_bounded() -> None:
+def test_ids_are_kept_for_the_horizon_and_at_least_the_last_few() -> None:
     state = PreferenceState.empty(2)
-    for i in range(5):
-        state.remember(0, i, event_id_hash(f"e{i}"), max_ids=3)
-    assert len(state.recent_ids) == 3
-    assert event_id_hash("e0") not in state.recent_ids
-    assert event_id_hash("e4") in state.recent_ids
+    for i in range(5):  # all within the horizon: all kept, more than min_ids
+        state.remember(0, i, event_id_hash(f"e{i}"), arrived_s=1000 + i, min_ids=2, horizon_s=60)
+    assert len(state.recent_ids) == 5
+    state.remember(0, 5, event_id_hash("e5"), arrived_s=2000, min_ids=2, horizon_s=60)
+    assert state.recent_ids == [event_id_hash("e4"), event_id_hash("e5")]  # old ones dropped
+    back = PreferenceState.unpack(state.pack())
+    assert back.recent_seen == [1004, 2000] and back.recent_ids == state.recent_ids
+
+
+def test_event_version_grows_with_offsets_and_leaves_room_for_timers() -> None:
+    state = PreferenceState.empty(2)
+    assert state.event_version() == 0
+    state.remember(0, 4, 1, arrived_s=0, min_ids=1, horizon_s=1)
+    state.remember(1, 2, 2, arrived_s=0, min_ids=1, horizon_s=1)
+    assert state.event_version() == (5 + 3) * 1024
 
 
 def test_event_id_hash_is_stable_across_processes() -> None:

@@ -1,0 +1,194 @@
+"""A keyed workload with a known ground truth, and the checks every fault test ends with.
+
+Events are explicit feedback for a set of users; the truth per user is the interaction count
+and the vector of one event-by-event EMA pass (:func:`ema_sequential`). After a fault, the
+checks read Redis, PostgreSQL, the output topic and the worker's table and count losses
+(fewer interactions than the truth) and duplicates (more) separately.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import psycopg
+import redis
+
+from agents.learning.preference import (
+    KIND_INDEX,
+    EmaParams,
+    ema_sequential,
+    learning_rates,
+    signal_strength,
+)
+from streams.config import Settings
+from streams.harness import Deployment
+
+DIM = 4
+ITEMS = {f"item-{i}": np.eye(DIM)[i % DIM] * (1 + i // DIM) * 0.5 for i in range(8)}
+KINDS = ("rating", "like", "dislike", "save", "share")
+
+
+def item_events() -> list[dict[str, Any]]:
+    return [
+        {"event_id": f"item-{k}", "schema_version": 1, "ts": 1_700_000_000_000, "item_id": k,
+         "features": [float(x) for x in v]}
+        for k, v in ITEMS.items()
+    ]  # fmt: skip
+
+
+@dataclass
+class Workload:
+    users: list[str]
+    events: list[dict[str, Any]]
+
+    @classmethod
+    def generate(cls, prefix: str, n_users: int, per_user: int, seed: int) -> Workload:
+        rng = np.random.default_rng(seed)
+        users = [f"{prefix}-u{i}" for i in range(n_users)]
+        events = []
+        for n in range(per_user):
+            for user in users:
+                kind = KINDS[rng.integers(len(KINDS))]
+                event: dict[str, Any] = {
+                    "event_id": f"{user}-e{n}", "schema_version": 1, "ts": 1_700_000_000_000 + n,
+                    "user_id": user, "item_id": f"item-{rng.integers(len(ITEMS))}", "kind": kind,
+                }  # fmt: skip
+                if kind == "rating":
+                    event["value"] = float(rng.integers(1, 6))
+                events.append(event)
+        return cls(users, events)
+
+    def per_user(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {u: [] for u in self.users}
+        for e in self.events:
+            out[e["user_id"]].append(e)
+        return out
+
+    def truth(self) -> dict[str, tuple[int, np.ndarray]]:
+        defaults = Settings.from_env({})
+        params = EmaParams(defaults.base_alpha, defaults.max_alpha, defaults.type_multipliers)
+        result = {}
+        for user, events in self.per_user().items():
+            kinds = np.array([KIND_INDEX[e["kind"]] for e in events])
+            values = np.array([float(e.get("value", np.nan)) for e in events])
+            s = signal_strength(kinds, values, params)
+            a = learning_rates(kinds, s, params)
+            feats = np.stack([ITEMS[e["item_id"]] for e in events])
+            result[user] = (len(events), ema_sequential(np.zeros(DIM), a, s, feats))
+        return result
+
+
+def redis_state(dep: Deployment, users: list[str]) -> dict[str, dict[str, Any] | None]:
+    client = redis.Redis.from_url(dep.settings.redis_url)
+    pipe = client.pipeline()
+    for user in users:
+        pipe.hget(f"{dep.settings.topic_prefix}pref:{user}", "value")
+    return {u: (orjson.loads(v) if v else None) for u, v in zip(users, pipe.execute(), strict=True)}
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@dataclass
+class Discrepancies:
+    lost: dict[str, int]
+    doubled: dict[str, int]
+    wrong_vector: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.lost or self.doubled or self.wrong_vector)
+
+
+def compare(
+    observed: dict[str, tuple[int, list[float]] | None], workload: Workload
+) -> Discrepancies:
+    lost, doubled, wrong = {}, {}, []
+    for user, (count, vector) in workload.truth().items():
+        got = observed.get(user)
+        n = 0 if got is None else got[0]
+        if n < count:
+            lost[user] = count - n
+        elif n > count:
+            doubled[user] = n - count
+        elif got is not None and not np.allclose(got[1], vector, rtol=1e-4, atol=1e-5):
+            wrong.append(user)
+    return Discrepancies(lost, doubled, wrong)
+
+
+def from_redis(dep: Deployment, workload: Workload) -> Discrepancies:
+    state = redis_state(dep, workload.users)
+    return compare({u: (v["interactions"], v["vector"]) if v else None for u, v in state.items()},
+                   workload)  # fmt: skip
+
+
+def from_postgres(dep: Deployment, workload: Workload) -> Discrepancies:
+    with psycopg.connect(dep.settings.database_url) as conn:
+        rows = conn.execute(
+            "SELECT user_id, interactions, vector FROM user_preferences WHERE user_id = ANY(%s)",
+            (workload.users,),
+        ).fetchall()
+    return compare({u: (n, v) for u, n, v in rows}, workload)
+
+
+def from_outputs(dep: Deployment, workload: Workload) -> tuple[Discrepancies, int]:
+    """The newest output per user against the truth, and how many distinct event ids were
+    sent more than once (re-sent after a crash; consumers dedupe by event id)."""
+    latest: dict[str, dict[str, Any]] = {}
+    ids: dict[str, dict[str, Any]] = {}
+    resent = 0
+    for out in dep.read("weights.preferences"):
+        previous = ids.get(out["event_id"])
+        if previous is not None:
+            resent += 1
+            # The same id must always carry the same content.
+            assert previous["vector"] == out["vector"], out["event_id"]
+            assert previous["interactions"] == out["interactions"], out["event_id"]
+        ids[out["event_id"]] = out
+        if out["version"] >= latest.get(out["user_id"], {"version": -1})["version"]:
+            latest[out["user_id"]] = out
+    observed = {u: (e["interactions"], e["vector"]) for u, e in latest.items()}
+    return compare(observed, workload), resent
+
+
+def from_table(dep: Deployment, workload: Workload) -> Discrepancies:
+    observed: dict[str, tuple[int, list[float]] | None] = {}
+    worker = dep.workers[-1]
+    for user in workload.users:
+        status, body = worker.get_json(f"/state/preferences/{user}")
+        observed[user] = (body["interactions"], body["vector"]) if status == 200 else None
+    return compare(observed, workload)
+
+
+def assert_exact(dep: Deployment, workload: Workload, timeout_s: float = 90.0) -> int:
+    """Wait until every store holds the truth (Redis may be exact before the table after a
+    crash past the Redis write), then check each; returns the number of re-sent outputs."""
+
+    def all_exact() -> bool:
+        return not (
+            from_redis(dep, workload)
+            or from_postgres(dep, workload)
+            or from_table(dep, workload)
+            or from_outputs(dep, workload)[0]
+        )
+
+    try:
+        wait_for(all_exact, timeout_s, "every store to equal the truth")
+    except AssertionError:
+        pass  # report the store that differs below
+    assert not (d := from_redis(dep, workload)), ("redis", d)
+    assert not (d := from_postgres(dep, workload)), ("postgres", d)
+    assert not (d := from_table(dep, workload)), ("table", d)
+    outputs, resent = from_outputs(dep, workload)
+    assert not outputs, ("outputs", outputs)
+    return resent

@@ -8,6 +8,7 @@ checks read Redis, PostgreSQL, the output topic and the worker's table and count
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,10 +183,8 @@ def assert_exact(dep: Deployment, workload: Workload, timeout_s: float = 90.0) -
             or from_outputs(dep, workload)[0]
         )
 
-    try:
+    with contextlib.suppress(AssertionError):  # the asserts below name the store that differs
         wait_for(all_exact, timeout_s, "every store to equal the truth")
-    except AssertionError:
-        pass  # report the store that differs below
     assert not (d := from_redis(dep, workload)), ("redis", d)
     assert not (d := from_postgres(dep, workload)), ("postgres", d)
     assert not (d := from_table(dep, workload)), ("table", d)

@@ -49,7 +49,7 @@ from streams.app import app, postgres, redis_values, settings, topic
 from streams.boundary import Valid
 from streams.codecs import encode
 from streams.compacted import CompactedTopicReader
-from streams.metrics import EVENTS_OUT
+from streams.metrics import EVENTS_OUT, LEARNING_ALGORITHM_WEIGHT, LEARNING_POSTERIOR_MEAN
 from streams.state import put
 
 log = logging.getLogger(__name__)
@@ -294,6 +294,13 @@ async def publish() -> int:
         ],
     )
     for ev, payload in zip(events, payloads, strict=True):
+        for algo in ev["algorithms"]:
+            LEARNING_POSTERIOR_MEAN.labels(segment=ev["segment"], arm=algo["name"]).set(
+                algo["mean"]
+            )
+            LEARNING_ALGORITHM_WEIGHT.labels(segment=ev["segment"], algorithm=algo["name"]).set(
+                algo["weight"]
+            )
         await weights_topic.send(key=ev["segment"].encode(), value=payload)
         await announce_transitions(ev)
     EVENTS_OUT.labels(topic=weights_topic.get_topic_name(), agent=AGENT).inc(len(events))

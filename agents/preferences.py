@@ -30,6 +30,7 @@ import numpy as np
 from faust.types import StreamT
 
 from agents import bandits
+from agents.guard import IDLE_DROP_S, KEY_PREFIX, FeedbackGuard, UserGuard, guard_key
 from agents.learning.preference import (
     KIND_INDEX,
     EmaParams,
@@ -40,6 +41,7 @@ from agents.learning.preference import (
     window_rates,
 )
 from agents.learning.segments import SegmentThresholds, classify
+from agents.learning.spam import GuardConfig
 from agents.preference_state import TOPIC_SLOTS, PreferenceState, event_id_hash
 from streams.app import (
     app,
@@ -91,6 +93,17 @@ thresholds = SegmentThresholds(
     inactive_after_s=settings.inactive_after_days * 86_400.0,
 )
 _slot_of_topic = {settings.topic(name): slot for name, slot in TOPIC_SLOTS.items()}
+quarantine_topic = topic("quarantine")
+feedback_guard = FeedbackGuard(
+    GuardConfig(
+        max_per_minute=settings.guard_max_per_minute,
+        max_per_hour=settings.guard_max_per_hour,
+        history=max(32, settings.guard_max_per_minute + 1),
+        flag_below=settings.guard_flag_below,
+    ),
+    boundary,
+    quarantine_topic,
+)
 
 UPSERT_SQL = """
 INSERT INTO user_preferences
@@ -342,6 +355,34 @@ async def reject_unknown_algorithms(valid: list[Valid]) -> list[Valid]:
     return kept
 
 
+async def guard_batch(
+    valid: list[Valid], features: np.ndarray
+) -> tuple[list[Valid], np.ndarray, list[Valid]]:
+    """Judge the batch: (events to learn from, their features, quarantined events)."""
+    flagged, guards = feedback_guard.judge(valid, _slot_of_topic, preferences_table.get)
+    for user, g in guards.items():
+        put(preferences_table, g.partition, guard_key(user), g.to_bytes())
+    if not flagged:
+        return valid, features, []
+    await feedback_guard.quarantine_events(valid, flagged)
+    keep = [i for i in range(len(valid)) if i not in flagged]
+    return [valid[i] for i in keep], features[keep], [valid[i] for i in flagged]
+
+
+def mark_consumed(work: Worklist, quarantined: list[Valid]) -> None:
+    """Quarantined events never train, but their offsets and ids count as applied, so a
+    replay skips them. Called after the batch's other events were applied: remembering an
+    offset first would make the earlier events of the same user look already applied."""
+    for v in quarantined:
+        state = work.load(v.payload["user_id"], v.partition)
+        slot = _slot_of_topic[v.topic]
+        id_hash = event_id_hash(v.payload["event_id"])
+        if not state.seen(slot, v.offset, id_hash):
+            state.remember(slot, v.offset, id_hash, int(v.timestamp), settings.dedupe_ids,
+                           settings.dedupe_horizon_s)  # fmt: skip
+            work.dirty.add(v.payload["user_id"])
+
+
 async def process(valid: list[Valid]) -> None:
     valid = await reject_unknown_algorithms(valid)
     valid, features = await resolve_items(valid)
@@ -349,7 +390,11 @@ async def process(valid: list[Valid]) -> None:
         return
     now = now_ms()
     work = Worklist()
+    quarantined: list[Valid] = []
+    if settings.guard_enabled:
+        valid, features, quarantined = await guard_batch(valid, features)
     apply_events(work, valid, features, now)
+    mark_consumed(work, quarantined)
     update_segments(work, list(work.dirty), now)
     implicit = [v for v in valid if _slot_of_topic[v.topic] != EXPLICIT]
     if implicit:
@@ -406,7 +451,14 @@ async def scan_local_users() -> None:
     """
     now = now_ms()
     work = Worklist()
+    idle_before = now / 1000.0 - IDLE_DROP_S
     for user, blob in list(preferences_table.items()):
+        if user.startswith(KEY_PREFIX):
+            g = UserGuard.from_bytes(blob)
+            if g.last_s < idle_before:  # quiet for longer than any rate window
+                put(preferences_table, g.partition, user, None)  # type: ignore[arg-type]
+                preferences_table.data.pop(user, None)
+            continue
         state = PreferenceState.unpack(blob)
         if state.has_window:
             windows.opened.setdefault(user, state.window_opened)

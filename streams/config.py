@@ -239,6 +239,37 @@ class Settings:
         check=_positive,
         expected="a positive number of seconds",
     )
+    guard_enabled: bool = _setting(
+        True,
+        "LOOPWISE_GUARD",
+        "rate limits and spam checks before learning (flagged events are quarantined)",
+        parse=_parse_bool,
+        expected="on/off",
+    )
+    guard_max_per_minute: int = _setting(
+        30,
+        "LOOPWISE_GUARD_MAX_PER_MINUTE",
+        "hard limit of feedback events per user per minute (by event time)",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    guard_max_per_hour: int = _setting(
+        300,
+        "LOOPWISE_GUARD_MAX_PER_HOUR",
+        "hard limit of feedback events per user per hour",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    guard_flag_below: float = _setting(
+        40.0,
+        "LOOPWISE_GUARD_FLAG_BELOW",
+        "events of users whose reliability score (0-100) is below this are quarantined",
+        parse=float,
+        check=lambda v: 0 <= v <= 100,
+        expected="a number in 0..100",
+    )
     dedupe_horizon_s: float = _setting(
         3600.0,
         "LOOPWISE_DEDUPE_HORIZON_S",

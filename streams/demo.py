@@ -31,11 +31,11 @@ DIM = 8
 N_ITEMS = 400
 
 
-def _event(n: int, user: str, item: str, kind: str, value: float | None) -> dict[str, Any]:
+def _event(n: int, user: str, item: str, kind: str, value: float | None, ts: int) -> dict[str, Any]:
     ev: dict[str, Any] = {
         "event_id": f"demo-{user}-{n}",
         "schema_version": 1,
-        "ts": int(time.time() * 1000),
+        "ts": ts,
         "user_id": user,
         "item_id": item,
         "kind": kind,
@@ -48,23 +48,27 @@ def _event(n: int, user: str, item: str, kind: str, value: float | None) -> dict
 
 
 def simulate_feedback(
-    rng: np.random.Generator, n: int, user: str, truth: np.ndarray, items: np.ndarray
+    rng: np.random.Generator, n: int, user: str, truth: np.ndarray, items: np.ndarray, ts: int
 ) -> tuple[str, dict[str, Any]]:
-    """One feedback event whose sign and size follow the user's hidden taste."""
+    """One feedback event whose sign and size follow the user's hidden taste.
+
+    ``ts`` is the user's simulated clock: the demo compresses hours of a person's activity
+    into a minute, with human-like irregular gaps, which is what the guard expects of people.
+    """
     j = int(rng.integers(len(items)))
     affinity = float(truth @ items[j])  # in [-1, 1]
     roll = rng.random()
     item = f"item-{j}"
     if roll < 0.55:
         rating = float(np.clip(np.rint(3 + 2.5 * affinity + rng.normal(0, 0.6)), 1, 5))
-        return "feedback.explicit", _event(n, user, item, "rating", rating)
+        return "feedback.explicit", _event(n, user, item, "rating", rating, ts)
     if roll < 0.8:
         kind = "like" if affinity + rng.normal(0, 0.2) > 0 else "dislike"
-        return "feedback.explicit", _event(n, user, item, kind, None)
+        return "feedback.explicit", _event(n, user, item, kind, None, ts)
     if affinity + rng.normal(0, 0.2) > 0.2:
         dwell = float(np.clip(rng.normal(60 + 100 * affinity, 10), 1, 600))
-        return "feedback.implicit", _event(n, user, item, "dwell", round(dwell, 1))
-    return "feedback.implicit", _event(n, user, item, "view", None)
+        return "feedback.implicit", _event(n, user, item, "dwell", round(dwell, 1), ts)
+    return "feedback.implicit", _event(n, user, item, "view", None, ts)
 
 
 MALFORMED = [
@@ -132,6 +136,7 @@ def main() -> int:
         f"(1.0 = learned exactly), read from Redis:\n{header}"
     )
     started = time.monotonic()
+    clocks = [int(time.time() * 1000) - 24 * 3_600_000] * n_users  # simulated activity time
     sent = malformed = 0
     next_report = started
     try:
@@ -139,7 +144,8 @@ def main() -> int:
             target = int((now - started) * rate)
             while sent < target:
                 u = int(rng.integers(n_users))
-                topic, event = simulate_feedback(rng, sent, users[u], truth[u], items)
+                clocks[u] += int(rng.exponential(20_000)) + 1_000  # 1 s + Exp(20 s) apart
+                topic, event = simulate_feedback(rng, sent, users[u], truth[u], items, clocks[u])
                 prod.produce(dep.topic(topic), key=users[u].encode(), value=orjson.dumps(event))
                 sent += 1
                 if rng.random() < 0.01:

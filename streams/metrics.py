@@ -68,6 +68,24 @@ EVENT_TO_OUTPUT_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+QUARANTINED = Counter(
+    "loopwise_quarantined_total",
+    "Events the guard kept from learning, by reason",
+    ["topic", "reason"],
+    registry=REGISTRY,
+)
+LEARNING_POSTERIOR_MEAN = Gauge(
+    "loopwise_learning_posterior_mean",
+    "Posterior mean success rate per segment and algorithm (published by the leader)",
+    ["segment", "arm"],
+    registry=REGISTRY,
+)
+LEARNING_ALGORITHM_WEIGHT = Gauge(
+    "loopwise_learning_algorithm_weight",
+    "Serving weight (propensity) per segment and algorithm (published by the leader)",
+    ["segment", "algorithm"],
+    registry=REGISTRY,
+)
 SINK_RETRIES = Counter(
     "loopwise_sink_retries_total",
     "Retries of transient sink faults",

@@ -144,6 +144,14 @@ TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=30 * DAY_MS,
     ),
     TopicSpec(
+        "quarantine",
+        "source.topic",
+        "deadletter",
+        _OUT,
+        "feedback the guard kept from learning, with score and reasons",
+        retention_ms=30 * DAY_MS,
+    ),
+    TopicSpec(
         "bandits.partials",
         "partition",
         None,

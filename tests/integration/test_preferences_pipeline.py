@@ -45,11 +45,17 @@ def item_event(item_id: str, features: np.ndarray) -> dict[str, Any]:
     }
 
 
+def human_ts(n: int) -> int:
+    """When a person's n-th action happened: 10 to 50 s apart, irregular (the guard flags
+    machine-like streams)."""
+    return 1_700_000_000_000 + n * 30_000 + (n * 7_919) % 20_000
+
+
 def feedback(n: int, user: str, item: str, kind: str, value: float | None = None) -> dict[str, Any]:
     event: dict[str, Any] = {
         "event_id": f"{user}-e{n}",
         "schema_version": 1,
-        "ts": 1_700_000_000_000 + n,
+        "ts": human_ts(n),
         "user_id": user,
         "item_id": item,
         "kind": kind,

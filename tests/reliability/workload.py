@@ -28,6 +28,7 @@ from agents.learning.preference import (
 )
 from streams.config import Settings
 from streams.harness import Deployment
+from tests.integration.test_preferences_pipeline import human_ts
 
 DIM = 4
 ITEMS = {f"item-{i}": np.eye(DIM)[i % DIM] * (1 + i // DIM) * 0.5 for i in range(8)}
@@ -56,7 +57,7 @@ class Workload:
             for user in users:
                 kind = KINDS[rng.integers(len(KINDS))]
                 event: dict[str, Any] = {
-                    "event_id": f"{user}-e{n}", "schema_version": 1, "ts": 1_700_000_000_000 + n,
+                    "event_id": f"{user}-e{n}", "schema_version": 1, "ts": human_ts(n),
                     "user_id": user, "item_id": f"item-{rng.integers(len(ITEMS))}", "kind": kind,
                 }  # fmt: skip
                 if kind == "rating":

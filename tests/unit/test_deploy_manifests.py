@@ -47,9 +47,6 @@ GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 # docs/deploy.md and its panels are titled "(placeholder)". Remove a name once it exists.
 PLACEHOLDER_METRICS = {
     "loopwise_consumer_lag": "consumer lag per topic and partition",
-    "loopwise_quarantined_total": "quarantined events by topic and reason",
-    "loopwise_learning_posterior_mean": "learning: posterior mean per segment and arm",
-    "loopwise_learning_algorithm_weight": "learning: algorithm weight per segment",
     "loopwise_experiments_active": "experiments currently running",
     "loopwise_experiment_exposures_total": "experiment exposures per variant",
 }

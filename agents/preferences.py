@@ -56,7 +56,6 @@ from streams.app import (
 from streams.boundary import Boundary, Valid
 from streams.codecs import EventDecoder, encode
 from streams.metrics import (
-    AGENT_ERRORS,
     BATCH_SIZE,
     EVENT_TO_OUTPUT_SECONDS,
     EVENTS_DUPLICATE,
@@ -404,27 +403,6 @@ async def process(valid: list[Valid]) -> None:
     await persist_and_publish(work, valid)
 
 
-async def process_isolating_failures(valid: list[Valid]) -> None:
-    """Process a batch; if it raises, retry event by event and dead-letter the culprits.
-
-    Transient sink faults never reach here (sinks retry them). Anything else is a bug or an
-    input the validation let through: faust would ack the batch and restart the agent,
-    silently dropping it, so the failing event is dead-lettered instead and the rest applied.
-    """
-    try:
-        await process(valid)
-        return
-    except Exception:
-        AGENT_ERRORS.labels(agent=AGENT).inc()
-        log.exception("preferences: batch failed; retrying its %d events one by one", len(valid))
-    for v in valid:
-        try:
-            await process([v])
-        except Exception as exc:
-            AGENT_ERRORS.labels(agent=AGENT).inc()
-            await boundary.reject(v.event, "other", f"processing failed: {exc!r}")
-
-
 @app.agent(feedback_topic, name=f"{settings.app_id}.preferences")
 async def preferences(stream: StreamT) -> None:
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
@@ -432,7 +410,7 @@ async def preferences(stream: StreamT) -> None:
         BATCH_SIZE.labels(agent=AGENT).observe(len(events))
         valid = await boundary.split(events)
         async with windows.lock:
-            await process_isolating_failures(valid)
+            await boundary.process_isolating_failures(process, valid)
         PROCESSING_SECONDS.labels(agent=AGENT).observe(time.perf_counter() - started)
 
 

@@ -72,6 +72,24 @@ class Alerts(EventRecord):
     dimensions: dict[str, str] | None = None
 
 
+class CustomersSegments(EventRecord):
+    """A customer of the choice loop moved to another customer segment."""
+
+    required_nullable = frozenset({"previous_segment"})
+
+    event_id: str
+    schema_version: int
+    ts: int
+    customer_id: str
+    previous_segment: str | None
+    segment: str
+    rule: str
+    evidence: str
+    version: int
+    sessions: int | None = None
+    choices: int | None = None
+
+
 class Deadletter(EventRecord):
     """A rejected input message with its origin, the reason and the original bytes."""
 

@@ -8,14 +8,14 @@ payloads with their source coordinates. Rejected messages are sent to the dead-l
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from faust.types import EventT, TopicT
 
 from streams.codecs import EventDecoder, Rejected, dead_letter, encode
-from streams.metrics import DEAD_LETTERS, EVENTS_IN, EVENTS_VALID
+from streams.metrics import AGENT_ERRORS, DEAD_LETTERS, EVENTS_IN, EVENTS_VALID
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +85,28 @@ class Boundary:
         await self.deadletter.send(key=msg.topic.encode(), value=encode(record))
         DEAD_LETTERS.labels(topic=msg.topic, reason=kind).inc()
         log.info("dead letter %s:%d:%d %s: %s", msg.topic, msg.partition, msg.offset, kind, message)
+
+    async def process_isolating_failures(
+        self, process: Callable[[list[Valid]], Awaitable[None]], valid: list[Valid]
+    ) -> None:
+        """Run ``process`` on a batch; if it raises, re-run it event by event and dead-letter
+        only the events that fail.
+
+        Transient sink faults never get here (sinks retry them). Anything else is a bug or an
+        input validation let through: left alone, faust would ack the batch and restart the
+        agent, silently dropping it. Work done before the failure is not repeated: agents are
+        idempotent per event (offsets and ids in their table values).
+        """
+        try:
+            await process(valid)
+            return
+        except Exception:
+            AGENT_ERRORS.labels(agent=self.agent).inc()
+            log.exception("%s: batch failed; retrying its %d events one by one",
+                          self.agent, len(valid))  # fmt: skip
+        for v in valid:
+            try:
+                await process([v])
+            except Exception as exc:
+                AGENT_ERRORS.labels(agent=self.agent).inc()
+                await self.reject(v.event, "other", f"processing failed: {exc!r}")

@@ -7,6 +7,7 @@ loopwise produce TOPIC [FILE]    JSON lines from FILE or stdin, validated, keyed
 loopwise dlq show [--limit N]    dead letters with reason and source coordinates
 loopwise dlq replay [--reason R] re-send dead-lettered originals that are valid now
 loopwise config                  every setting, its environment variable and value
+loopwise experiments CMD         create FILE|-, list, show ID, start ID, stop ID, assign ID UNIT
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import IO, Any
 
 import orjson
 
+from streams import cli_choices, cli_insights
 from streams.config import ConfigError, Settings, settings_table
 
 
@@ -152,6 +154,12 @@ def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.experiments_store import run_cli
+
+    return run_cli(settings, args)
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     for env, default, help_text in settings_table():
         print(f"{env:<30} {default:<40} {help_text}")
@@ -191,6 +199,32 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("-v", "--verbose", action="store_true")
     replay.set_defaults(func=cmd_dlq_replay)
 
+    experiments = sub.add_parser("experiments", help="create, inspect, start, stop experiments")
+    experiments.set_defaults(func=cmd_experiments)
+    exp = experiments.add_subparsers(dest="experiments_command", required=True)
+    exp.add_parser("create", help="create from a JSON definition").add_argument(
+        "file", help="JSON file, or - for stdin"
+    )
+    exp.add_parser("list", help="experiments and their status").add_argument(
+        "--status", choices=("draft", "running", "stopped", "concluded"), default=None
+    )
+    for name, text in (
+        ("show", "definition, decisions and latest result"),
+        ("start", "draft -> running"),
+        ("stop", "-> stopped (final)"),
+        ("assign", "the variant of a unit, for other services"),
+    ):
+        command = exp.add_parser(name, help=text)
+        command.add_argument("experiment_id")
+        if name == "stop":
+            command.add_argument("--reason", default=None)
+        if name == "assign":
+            command.add_argument("unit_id")
+            for attr in ("device", "persona", "segment"):
+                command.add_argument(f"--{attr}", default=None, help="checked against targeting")
+
+    cli_choices.register(sub)
+    cli_insights.register(sub)
     sub.add_parser("config", help="print settings").set_defaults(func=cmd_config)
     return parser
 

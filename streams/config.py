@@ -8,6 +8,7 @@ instead of failing later inside a library.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -71,6 +72,31 @@ def _positive(value: float) -> bool:
 
 def _probability(value: float) -> bool:
     return 0 < value <= 1
+
+
+_THRESHOLD = re.compile(
+    r"^(?P<component>[^/]+)/(?P<metric>[^<>]+)(?P<op>[<>])(?P<limit>[-+0-9.eE]+)"
+    r"(?::(?P<severity>info|warning|critical))?$"
+)
+
+
+def parse_health_thresholds(raw: str) -> tuple[tuple[str, str, str, float, str], ...]:
+    """``"*/success_rate<0.8:warning"`` → ``(("*", "success_rate", "<", 0.8, "warning"),)``.
+
+    The severity defaults to ``warning``; all limits of one (component, metric) must use the
+    same comparison. Raises ValueError naming the bad entry.
+    """
+    rules = []
+    ops: dict[tuple[str, str], str] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        m = _THRESHOLD.match(part)
+        if m is None:
+            raise ValueError(f"bad threshold {part!r}")
+        key = (m["component"].strip(), m["metric"].strip())
+        if ops.setdefault(key, m["op"]) != m["op"]:
+            raise ValueError(f"{key[0]}/{key[1]} mixes '<' and '>' limits")
+        rules.append((*key, m["op"], float(m["limit"]), m["severity"] or "warning"))
+    return tuple(rules)
 
 
 @dataclass(frozen=True)
@@ -438,6 +464,382 @@ class Settings:
         check=lambda v: v >= 0,
         expected="an integer >= 0",
     )
+    choice_factors: tuple[str, ...] = _setting(
+        ("price", "quality", "speed", "proximity", "capacity", "reliability"),
+        "LOOPWISE_CHOICE_FACTORS",
+        "scoring factors of the customer choice model (candidates must score every one)",
+        parse=_parse_names,
+        check=lambda names: (
+            2 <= len(names) <= 32 and all(re.fullmatch(r"[a-z][a-z0-9_]{0,31}", n) for n in names)
+        ),
+        expected="2 to 32 unique factor names ([a-z][a-z0-9_]*) separated by commas",
+    )
+    choice_default_weights: dict[str, float] = _setting(
+        {},
+        "LOOPWISE_CHOICE_DEFAULT_WEIGHTS",
+        "default scoring weights, e.g. 'price=0.3,quality=0.3,...' (empty: uniform)",
+        parse=_parse_float_map,
+        check=lambda weights: all(w >= 0 for w in weights.values()),
+        expected="factor=number pairs (non-negative) separated by commas",
+    )
+    choice_weight_min: float = _setting(
+        0.02,
+        "LOOPWISE_CHOICE_WEIGHT_MIN",
+        "lower bound of every published scoring weight",
+        parse=float,
+        check=lambda v: 0 <= v < 1,
+        expected="a number in [0, 1)",
+    )
+    choice_weight_max: float = _setting(
+        0.6,
+        "LOOPWISE_CHOICE_WEIGHT_MAX",
+        "upper bound of every published scoring weight",
+        parse=float,
+        check=_probability,
+        expected="a number in (0, 1]",
+    )
+    choice_min_sample: int = _setting(
+        50,
+        "LOOPWISE_CHOICE_MIN_SAMPLE",
+        "sessions a segment needs before its learned weights are applied",
+        parse=int,
+        check=lambda v: v >= 0,
+        expected="an integer >= 0",
+    )
+    choice_min_confidence: float = _setting(
+        0.7,
+        "LOOPWISE_CHOICE_MIN_CONFIDENCE",
+        "confidence a segment's weights need before they are applied",
+        parse=float,
+        check=lambda v: 0 <= v <= 1,
+        expected="a number in [0, 1]",
+    )
+    choice_session_wait_s: float = _setting(
+        30.0,
+        "LOOPWISE_CHOICE_SESSION_WAIT_S",
+        "a choice/interaction waits this long for its session, then is dead-lettered",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
+    choice_session_ttl_s: float = _setting(
+        2_592_000.0,
+        "LOOPWISE_CHOICE_SESSION_TTL_S",
+        "a session without a choice for this long closes as 'no choice' (0: never)",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
+    choice_session_retention_s: float = _setting(
+        86_400.0,
+        "LOOPWISE_CHOICE_SESSION_RETENTION_S",
+        "completed sessions are kept this long to recognise re-sent events",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    choice_scan_s: float = _setting(
+        300.0,
+        "LOOPWISE_CHOICE_SCAN_S",
+        "how often a worker scans its sessions (retention, sessions past the TTL)",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    choice_window_s: float = _setting(
+        3600.0,
+        "LOOPWISE_CHOICE_WINDOW_S",
+        "rolling window of the choice analytics and alerts (event time)",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    choice_bucket_s: float = _setting(
+        300.0,
+        "LOOPWISE_CHOICE_BUCKET_S",
+        "bucket of the rolling window (a divisor of the window is best)",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    choice_alert_min_sessions: int = _setting(
+        20,
+        "LOOPWISE_CHOICE_ALERT_MIN_SESSIONS",
+        "sessions a segment's window needs before its rate alerts are evaluated",
+        parse=int,
+        check=lambda v: v >= 1,
+        expected="an integer >= 1",
+    )
+    choice_alert_conversion_below: float = _setting(
+        0.6,
+        "LOOPWISE_CHOICE_ALERT_CONVERSION_BELOW",
+        "alert when a segment's conversion rate (sessions with a choice) is below this",
+        parse=float,
+        check=lambda v: 0 <= v <= 1,
+        expected="a number in [0, 1]",
+    )
+    choice_alert_rank_above: float = _setting(
+        2.0,
+        "LOOPWISE_CHOICE_ALERT_RANK_ABOVE",
+        "alert when a segment's average chosen rank is above this",
+        parse=float,
+        check=lambda v: v >= 1,
+        expected="a number >= 1",
+    )
+    choice_alert_confidence_below: float = _setting(
+        0.5,
+        "LOOPWISE_CHOICE_ALERT_CONFIDENCE_BELOW",
+        "alert when a segment's learning confidence stays below this for the period below",
+        parse=float,
+        check=lambda v: 0 <= v <= 1,
+        expected="a number in [0, 1]",
+    )
+    choice_alert_confidence_period_s: float = _setting(
+        86_400.0,
+        "LOOPWISE_CHOICE_ALERT_CONFIDENCE_PERIOD_S",
+        "how long the confidence must stay low before alerting (event time)",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
+    choice_alert_satisfaction_below: float = _setting(
+        3.5,
+        "LOOPWISE_CHOICE_ALERT_SATISFACTION_BELOW",
+        "alert when a segment's mean satisfaction (1-5) is below this",
+        parse=float,
+        check=lambda v: 1 <= v <= 5,
+        expected="a number in [1, 5]",
+    )
+    choice_alert_repeat_s: float = _setting(
+        3600.0,
+        "LOOPWISE_CHOICE_ALERT_REPEAT_S",
+        "an alert still firing after this long (event time) is repeated, escalated",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    insights_window_s: float = _setting(
+        1800.0,
+        "LOOPWISE_INSIGHTS_WINDOW_S",
+        "length of the insights analytics windows (event time); trends and checks per window",
+        parse=float,
+        check=lambda v: 1 <= v <= 86_400,
+        expected="seconds in 1..86400",
+    )
+    insights_grace_s: float = _setting(
+        60.0,
+        "LOOPWISE_INSIGHTS_GRACE_S",
+        "a window closes once the component's events are this far past its end, or once it "
+        "has had no event for this long (wall clock)",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
+    insights_retention_h: float = _setting(
+        168.0,
+        "LOOPWISE_INSIGHTS_RETENTION_H",
+        "windows kept in the worker table; older events are not counted",
+        parse=float,
+        check=_positive,
+        expected="a positive number of hours",
+    )
+    insights_history_days: float = _setting(
+        90.0,
+        "LOOPWISE_INSIGHTS_HISTORY_DAYS",
+        "windows, alerts, resolved insights and actions kept in PostgreSQL",
+        parse=float,
+        check=_positive,
+        expected="a positive number of days",
+    )
+    insights_eval_interval_s: float = _setting(
+        10.0,
+        "LOOPWISE_INSIGHTS_EVAL_INTERVAL_S",
+        "how often a worker evaluates closed windows (health, trends, insights, heartbeats)",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    insights_min_samples: int = _setting(
+        20,
+        "LOOPWISE_INSIGHTS_MIN_SAMPLES",
+        "samples a window (or group) needs before its value counts in trends and checks",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    insights_trend_windows: int = _setting(
+        12,
+        "LOOPWISE_INSIGHTS_TREND_WINDOWS",
+        "closed windows in a trend series (a shorter series has proportionally less confidence)",
+        parse=int,
+        check=lambda v: 3 <= v <= 1000,
+        expected="an integer in 3..1000",
+    )
+    insights_trend_min_windows: int = _setting(
+        6,
+        "LOOPWISE_INSIGHTS_TREND_MIN_WINDOWS",
+        "windows with data a series needs before it is tested for a trend",
+        parse=int,
+        check=lambda v: v >= 3,
+        expected="an integer >= 3",
+    )
+    insights_alpha: float = _setting(
+        0.05,
+        "LOOPWISE_INSIGHTS_ALPHA",
+        "false discovery rate of the trend and comparison tests (Benjamini-Hochberg per pass)",
+        parse=float,
+        check=lambda v: 0 < v < 0.5,
+        expected="a number in (0, 0.5)",
+    )
+    insights_min_change: float = _setting(
+        0.05,
+        "LOOPWISE_INSIGHTS_MIN_CHANGE",
+        "smallest relative change over a trend (or gap to the rest) reported as an insight",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="a number >= 0",
+    )
+    insights_high_change: float = _setting(
+        0.2,
+        "LOOPWISE_INSIGHTS_HIGH_CHANGE",
+        "a decline at least this large (relative) is a high-priority insight",
+        parse=float,
+        check=_positive,
+        expected="a positive number",
+    )
+    insights_thresholds: str = _setting(
+        "*/success_rate<0.8:warning,*/success_rate<0.5:critical",
+        "LOOPWISE_INSIGHTS_THRESHOLDS",
+        "health thresholds 'component/metric<limit:severity' ('>' for upper limits, '*' any "
+        "component, severity info|warning|critical), separated by commas",
+        parse=lambda raw: (parse_health_thresholds(raw), raw)[1],
+    )
+    insights_escalate_after: int = _setting(
+        3,
+        "LOOPWISE_INSIGHTS_ESCALATE_AFTER",
+        "consecutive failing checks per escalation level of a health alert",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    insights_heartbeats: dict[str, float] = _setting(
+        {},
+        "LOOPWISE_INSIGHTS_HEARTBEATS",
+        "expected interval in seconds between events of a scheduled component, e.g. "
+        "'nightly-enricher=86400' (missed-run alerts)",
+        parse=_parse_float_map,
+        check=lambda m: all(v > 0 for v in m.values()),
+        expected="component=seconds pairs separated by commas",
+    )
+    insights_heartbeat_grace_s: float = _setting(
+        60.0,
+        "LOOPWISE_INSIGHTS_HEARTBEAT_GRACE_S",
+        "lateness allowed to a scheduled component before a run counts as missed",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
+    insights_dedupe_ids: int = _setting(
+        512,
+        "LOOPWISE_INSIGHTS_DEDUPE_IDS",
+        "recent event ids kept per window to drop re-sent decisions and metrics",
+        parse=int,
+        check=lambda v: 1 <= v <= 65_536,
+        expected="an integer in 1..65536",
+    )
+    insights_max_groups: int = _setting(
+        32,
+        "LOOPWISE_INSIGHTS_MAX_GROUPS",
+        "values per dimension (method, persona, device, strategy) per window; more: '(other)'",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    optimization_strategy: str = _setting(
+        "balanced",
+        "LOOPWISE_OPTIMIZATION_STRATEGY",
+        "greedy, balanced or conservative: confidence threshold, risk and actions per cycle",
+        check=lambda v: v in {"greedy", "balanced", "conservative"},
+        expected="greedy, balanced or conservative",
+    )
+    optimization_interval_s: float = _setting(
+        600.0,
+        "LOOPWISE_OPTIMIZATION_INTERVAL_S",
+        "how often the leader runs an optimization cycle (actions, goals, tickets)",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    optimization_max_actions: int = _setting(
+        0,
+        "LOOPWISE_OPTIMIZATION_MAX_ACTIONS",
+        "actions per cycle (0: the strategy's own limit)",
+        parse=int,
+        check=lambda v: v >= 0,
+        expected="an integer >= 0",
+    )
+    value_per_conversion: float = _setting(
+        0.0,
+        "LOOPWISE_VALUE_PER_CONVERSION",
+        "value of one conversion (success) for the ROI of improvement tickets (0: no ROI)",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="a number >= 0",
+    )
+    ticket_measure_h: float = _setting(
+        24.0,
+        "LOOPWISE_TICKET_MEASURE_H",
+        "length of the matched before/after windows of an implemented ticket",
+        parse=float,
+        check=_positive,
+        expected="a positive number of hours",
+    )
+    report_interval_h: float = _setting(
+        168.0,
+        "LOOPWISE_REPORT_INTERVAL_H",
+        "scheduled report period (weekly by default; 0: no scheduled reports)",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="hours >= 0",
+    )
+    report_dir: Path = _setting(
+        REPO_ROOT / ".run" / "reports",
+        "LOOPWISE_REPORT_DIR",
+        "archive of generated reports (Markdown, HTML, JSON)",
+        parse=Path,
+    )
+    report_retention_days: float = _setting(
+        90.0,
+        "LOOPWISE_REPORT_RETENTION_DAYS",
+        "archived reports older than this are deleted",
+        parse=float,
+        check=_positive,
+        expected="a positive number of days",
+    )
+    job_retry_base_s: float = _setting(
+        60.0,
+        "LOOPWISE_JOB_RETRY_BASE_S",
+        "first retry delay of a failed scheduled job (doubling, capped by ..._MAX_S)",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    job_retry_max_s: float = _setting(
+        3600.0,
+        "LOOPWISE_JOB_RETRY_MAX_S",
+        "longest retry delay of a failed scheduled job",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    job_max_attempts: int = _setting(
+        3,
+        "LOOPWISE_JOB_MAX_ATTEMPTS",
+        "retries of a failed scheduled job before it is alerted and left for its next run",
+        parse=int,
+        check=lambda v: v >= 0,
+        expected="an integer >= 0",
+    )
     log_level: str = _setting(
         "info",
         "LOOPWISE_LOG_LEVEL",
@@ -493,6 +895,28 @@ class Settings:
             errors.append(f"REDIS_URL={self.redis_url!r}: expected redis://, rediss:// or unix://")
         if not self.database_url.startswith(("postgresql://", "postgres://")):
             errors.append(f"DATABASE_URL={self.database_url!r}: expected postgresql://...")
+        errors.extend(self._choice_errors())
+        return errors
+
+    def _choice_errors(self) -> list[str]:
+        errors = []
+        factors = self.choice_factors
+        if not self.choice_weight_min <= self.choice_weight_max:
+            errors.append("LOOPWISE_CHOICE_WEIGHT_MIN must be <= LOOPWISE_CHOICE_WEIGHT_MAX")
+        if not len(factors) * self.choice_weight_min <= 1 <= len(factors) * self.choice_weight_max:
+            errors.append(
+                "LOOPWISE_CHOICE_WEIGHT_MIN/MAX: weights within the bounds cannot sum to 1 "
+                f"over {len(factors)} factors"
+            )
+        weights = self.choice_default_weights
+        if weights:
+            if set(weights) != set(factors):
+                errors.append(
+                    "LOOPWISE_CHOICE_DEFAULT_WEIGHTS must name every factor of "
+                    f"LOOPWISE_CHOICE_FACTORS exactly once ({','.join(factors)})"
+                )
+            elif abs(sum(weights.values()) - 1.0) > 1e-6:
+                errors.append("LOOPWISE_CHOICE_DEFAULT_WEIGHTS must sum to 1")
         return errors
 
     def topic(self, name: str) -> str:

@@ -51,6 +51,19 @@ class Worker:
         except urllib.error.HTTPError as exc:
             return exc.code, orjson.loads(exc.read() or b"null")
 
+    def post(
+        self, path: str, body: bytes, token: str | None = None, timeout: float = 5.0
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(self.url(path), data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, orjson.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read() or b"null")
+
     def alive(self) -> bool:
         return self.process.poll() is None
 

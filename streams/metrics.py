@@ -86,6 +86,12 @@ LEARNING_ALGORITHM_WEIGHT = Gauge(
     ["segment", "algorithm"],
     registry=REGISTRY,
 )
+CONSUMER_LAG = Gauge(
+    "loopwise_consumer_lag",
+    "Messages behind the end of each assigned partition (high watermark minus position)",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
 SINK_RETRIES = Counter(
     "loopwise_sink_retries_total",
     "Retries of transient sink faults",

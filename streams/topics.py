@@ -159,6 +159,27 @@ TOPICS: tuple[TopicSpec, ...] = (
         "per input partition: absolute bandit counts (agents/bandit_attribution.py)",
         compacted=True,
     ),
+    TopicSpec(
+        "customers.segments",
+        "customer_id",
+        "customers.segments",
+        _OUT,
+        "customer segment changes (choice loop)",
+    ),
+    TopicSpec(
+        "choices.customer_observations",
+        "customer_id",
+        None,
+        Direction.INTERNAL,
+        "completed choice sessions, re-keyed by customer (agents/choices.py)",
+    ),
+    TopicSpec(
+        "choices.segment_observations",
+        "segment",
+        None,
+        Direction.INTERNAL,
+        "completed choice sessions with their segment, re-keyed by segment (agents/choices.py)",
+    ),
 )
 
 _BY_NAME = {t.name: t for t in TOPICS}

@@ -12,9 +12,10 @@ import time
 
 from confluent_kafka.admin import AdminClient
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.app import app, catalog, settings
-from streams.metrics import exposition
+from streams.metrics import CONSUMER_LAG, exposition
 from streams.security import confluent_config
 
 _started = time.time()
@@ -56,7 +57,8 @@ class Ready(View):
 @app.page("/metrics")
 class Metrics(View):
     async def get(self, request: Request) -> Response:
-        return self.bytes(exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")
+        # aiohttp refuses parameters in content_type=, so the header is set directly.
+        return self.bytes(exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @app.page("/state/preferences/{user_id}")
@@ -82,3 +84,29 @@ class PreferenceStateView(View):
                 "vector": [float(x) for x in state.vector],
             }
         )
+
+
+@app.timer(interval=5.0, name=f"{settings.app_id}.consumer-lag")
+async def record_consumer_lag() -> None:
+    """Lag per assigned partition; partitions that moved away are removed from the gauge."""
+    try:
+        assignment = app.consumer.assignment()
+    except Exception:  # consumer not started yet
+        return
+    seen = set()
+    for tp in assignment:
+        position = await app.consumer.position(tp)
+        highwater = app.consumer.highwater(tp)
+        if position is None or highwater is None:
+            continue
+        CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
+            max(0, highwater - position)
+        )
+        seen.add((tp.topic, str(tp.partition)))
+    for labels in list(_lag_labels - seen):
+        CONSUMER_LAG.remove(*labels)
+    _lag_labels.clear()
+    _lag_labels.update(seen)
+
+
+_lag_labels: set[tuple[str, str]] = set()

@@ -5,12 +5,23 @@ from __future__ import annotations
 from faust.worker import Worker
 
 import agents.bandits
+import agents.choices
+import agents.experiments
+import agents.insights
 import agents.items
 import agents.preferences
 import streams.web  # noqa: F401  (registers the views)
+from streams import web_api, web_experiments  # noqa: F401  (register their views)
 from streams.app import app, settings
 
-AGENT_MODULES = (agents.bandits, agents.items, agents.preferences)
+AGENT_MODULES = (
+    agents.bandits,
+    agents.choices,
+    agents.experiments,
+    agents.insights,
+    agents.items,
+    agents.preferences,
+)
 
 
 def run_worker() -> None:

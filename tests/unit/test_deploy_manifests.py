@@ -46,7 +46,6 @@ GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 # Metrics that panels and alerts use before the code exports them; each is named in
 # docs/deploy.md and its panels are titled "(placeholder)". Remove a name once it exists.
 PLACEHOLDER_METRICS = {
-    "loopwise_consumer_lag": "consumer lag per topic and partition",
     "loopwise_experiments_active": "experiments currently running",
     "loopwise_experiment_exposures_total": "experiment exposures per variant",
 }

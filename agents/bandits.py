@@ -50,7 +50,7 @@ from streams.boundary import Valid
 from streams.codecs import encode
 from streams.compacted import CompactedTopicReader
 from streams.metrics import EVENTS_OUT, LEARNING_ALGORITHM_WEIGHT, LEARNING_POSTERIOR_MEAN
-from streams.state import put
+from streams.state import delete, put
 
 log = logging.getLogger(__name__)
 AGENT = "bandits"
@@ -183,8 +183,7 @@ async def close_due(now_ms: int) -> None:
         expired = close_windows(partial, records, until, KEEP_DAYS)
         await save_partial(partition, partial)  # before the deletions: see attribution
         for key in expired:
-            put(bandits_table, partition, key, None)  # type: ignore[arg-type]
-            bandits_table.data.pop(key, None)
+            delete(bandits_table, partition, key)
             open_records.pop(key, None)
         for key in set(due) - set(expired):
             open_records.pop(key, None)

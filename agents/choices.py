@@ -79,15 +79,13 @@ from streams.app import app, deadletter_topic, postgres, redis_values, settings,
 from streams.boundary import Boundary, Valid
 from streams.codecs import EventDecoder, Rejected, dead_letter, encode
 from streams.metrics import (
-    BATCH_SIZE,
     DEAD_LETTERS,
     EVENT_TO_OUTPUT_SECONDS,
     EVENTS_DUPLICATE,
     EVENTS_OUT,
-    PROCESSING_SECONDS,
     TABLE_KEYS,
 )
-from streams.state import crash_point, put
+from streams.state import crash_point, delete, put
 
 log = logging.getLogger(__name__)
 AGENT = "choices"
@@ -212,12 +210,6 @@ async def send_dead_letter(p: Pending, kind: str, message: str) -> None:
     await deadletter_topic.send(key=p.topic.encode(), value=encode(record))
     DEAD_LETTERS.labels(topic=p.topic, reason=kind).inc()
     log.info("dead letter %s:%d:%d %s: %s", p.topic, p.partition, p.offset, kind, message)
-
-
-def delete_key(table: TableT, partition: int, key: str) -> None:
-    """Tombstone a key in the changelog and drop it locally."""
-    table.send_changelog(partition, key, None, value_serializer="raw")
-    table.data.pop(key, None)
 
 
 def _observe_latency(agent: str, valid: Iterable[Valid]) -> None:
@@ -347,13 +339,9 @@ async def process_sessions(valid: list[Valid]) -> None:
 
 @app.agent(recs_topic, name=f"{settings.app_id}.choices")
 async def choices(stream: StreamT) -> None:
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        started = time.perf_counter()
-        BATCH_SIZE.labels(agent=AGENT).observe(len(events))
-        valid = await boundary.split(events)
-        async with waiting.lock:
-            await boundary.process_isolating_failures(process_sessions, valid)
-        PROCESSING_SECONDS.labels(agent=AGENT).observe(time.perf_counter() - started)
+    await boundary.consume(
+        stream, process_sessions, settings.batch_size, settings.batch_within_s, waiting.lock
+    )
 
 
 def _assigned_partitions() -> frozenset[int]:
@@ -380,7 +368,7 @@ async def scan_sessions(assigned: frozenset[int]) -> None:
             continue
         expired = state.completed_ms if state.completed else state.touched_ms
         if (state.completed or state.session is None) and expired <= now - retention_ms:
-            delete_key(sessions_table, state.partition, session_id)
+            delete(sessions_table, state.partition, session_id)
             deleted += 1
         elif (
             state.session is not None
@@ -547,12 +535,9 @@ async def process_customers(valid: list[Valid]) -> None:
 
 @app.agent(customer_obs_topic, name=f"{settings.app_id}.choice-customers")
 async def choice_customers(stream: StreamT) -> None:
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        started = time.perf_counter()
-        BATCH_SIZE.labels(agent=AGENT_CUSTOMERS).observe(len(events))
-        valid = await customer_boundary.split(events)
-        await customer_boundary.process_isolating_failures(process_customers, valid)
-        PROCESSING_SECONDS.labels(agent=AGENT_CUSTOMERS).observe(time.perf_counter() - started)
+    await customer_boundary.consume(
+        stream, process_customers, settings.batch_size, settings.batch_within_s
+    )
 
 
 # ================================================================ stage 3: segments
@@ -756,9 +741,6 @@ async def publish_segments(work: SegmentWork, now: int) -> None:
 
 @app.agent(segment_obs_topic, name=f"{settings.app_id}.choice-segments")
 async def choice_segments(stream: StreamT) -> None:
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        started = time.perf_counter()
-        BATCH_SIZE.labels(agent=AGENT_SEGMENTS).observe(len(events))
-        valid = await segment_boundary.split(events)
-        await segment_boundary.process_isolating_failures(process_segments, valid)
-        PROCESSING_SECONDS.labels(agent=AGENT_SEGMENTS).observe(time.perf_counter() - started)
+    await segment_boundary.consume(
+        stream, process_segments, settings.batch_size, settings.batch_within_s
+    )

@@ -66,11 +66,9 @@ from streams.boundary import Boundary, Valid
 from streams.codecs import EventDecoder, encode
 from streams.experiments_store import _COLUMNS, Experiment
 from streams.metrics import (
-    BATCH_SIZE,
     EVENT_TO_OUTPUT_SECONDS,
     EVENTS_DUPLICATE,
     EVENTS_OUT,
-    PROCESSING_SECONDS,
     TABLE_KEYS,
 )
 from streams.retry import retry_transient
@@ -533,13 +531,7 @@ def _unit(
 
 @app.agent(experiments_stream, name=f"{settings.app_id}.experiments")
 async def experiments(stream: StreamT) -> None:
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        started = time.perf_counter()
-        BATCH_SIZE.labels(agent=AGENT).observe(len(events))
-        valid = await boundary.split(events)
-        async with _lock:
-            await boundary.process_isolating_failures(process, valid)
-        PROCESSING_SECONDS.labels(agent=AGENT).observe(time.perf_counter() - started)
+    await boundary.consume(stream, process, settings.batch_size, settings.batch_within_s, _lock)
 
 
 # --------------------------------------------------------------------------------------

@@ -50,10 +50,8 @@ from streams.codecs import EventDecoder, encode
 from streams.config import parse_health_thresholds
 from streams.metrics import (
     AGENT_ERRORS,
-    BATCH_SIZE,
     EVENTS_DUPLICATE,
     EVENTS_OUT,
-    PROCESSING_SECONDS,
     REGISTRY,
     TABLE_KEYS,
 )
@@ -296,13 +294,9 @@ async def persist_windows(states: dict[str, WindowState], dirty: set[str]) -> No
 
 @app.agent(input_topic, name=f"{settings.app_id}.insights")
 async def insights(stream: StreamT) -> None:
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        started = time.perf_counter()
-        BATCH_SIZE.labels(agent=AGENT).observe(len(events))
-        valid = await boundary.split(events)
-        async with local.lock:
-            await boundary.process_isolating_failures(process, valid)
-        PROCESSING_SECONDS.labels(agent=AGENT).observe(time.perf_counter() - started)
+    await boundary.consume(
+        stream, process, settings.batch_size, settings.batch_within_s, local.lock
+    )
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -56,14 +56,12 @@ from streams.app import (
 from streams.boundary import Boundary, Valid
 from streams.codecs import EventDecoder, encode
 from streams.metrics import (
-    BATCH_SIZE,
     EVENT_TO_OUTPUT_SECONDS,
     EVENTS_DUPLICATE,
     EVENTS_OUT,
-    PROCESSING_SECONDS,
     TABLE_KEYS,
 )
-from streams.state import crash_point, put
+from streams.state import crash_point, delete, put
 
 log = logging.getLogger(__name__)
 AGENT = "preferences"
@@ -405,13 +403,9 @@ async def process(valid: list[Valid]) -> None:
 
 @app.agent(feedback_topic, name=f"{settings.app_id}.preferences")
 async def preferences(stream: StreamT) -> None:
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        started = time.perf_counter()
-        BATCH_SIZE.labels(agent=AGENT).observe(len(events))
-        valid = await boundary.split(events)
-        async with windows.lock:
-            await boundary.process_isolating_failures(process, valid)
-        PROCESSING_SECONDS.labels(agent=AGENT).observe(time.perf_counter() - started)
+    await boundary.consume(
+        stream, process, settings.batch_size, settings.batch_within_s, windows.lock
+    )
 
 
 def _assignment() -> frozenset[Any]:
@@ -434,8 +428,7 @@ async def scan_local_users() -> None:
         if user.startswith(KEY_PREFIX):
             g = UserGuard.from_bytes(blob)
             if g.last_s < idle_before:  # quiet for longer than any rate window
-                put(preferences_table, g.partition, user, None)  # type: ignore[arg-type]
-                preferences_table.data.pop(user, None)
+                delete(preferences_table, g.partition, user)
             continue
         state = PreferenceState.unpack(blob)
         if state.has_window:

@@ -7,15 +7,24 @@ payloads with their source coordinates. Rejected messages are sent to the dead-l
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from faust.types import EventT, TopicT
+from faust.types import EventT, StreamT, TopicT
 
 from streams.codecs import EventDecoder, Rejected, dead_letter, encode
-from streams.metrics import AGENT_ERRORS, DEAD_LETTERS, EVENTS_IN, EVENTS_VALID
+from streams.metrics import (
+    AGENT_ERRORS,
+    BATCH_SIZE,
+    DEAD_LETTERS,
+    EVENTS_IN,
+    EVENTS_VALID,
+    PROCESSING_SECONDS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +119,22 @@ class Boundary:
             except Exception as exc:
                 AGENT_ERRORS.labels(agent=self.agent).inc()
                 await self.reject(v.event, "other", f"processing failed: {exc!r}")
+
+    async def consume(
+        self,
+        stream: StreamT,
+        process: Callable[[list[Valid]], Awaitable[None]],
+        batch_size: int,
+        within_s: float,
+        lock: contextlib.AbstractAsyncContextManager[Any] | None = None,
+    ) -> None:
+        """The agent loop: take batches, validate, process (under ``lock``, shared with the
+        agent's timers), with batch-size and processing-time metrics."""
+        guard = lock if lock is not None else contextlib.nullcontext()
+        async for events in stream.take_events(batch_size, within=within_s):
+            started = time.perf_counter()
+            BATCH_SIZE.labels(agent=self.agent).observe(len(events))
+            valid = await self.split(events)
+            async with guard:
+                await self.process_isolating_failures(process, valid)
+            PROCESSING_SECONDS.labels(agent=self.agent).observe(time.perf_counter() - started)

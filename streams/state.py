@@ -23,6 +23,12 @@ def put(table: TableT, partition: int, key: str, value: bytes) -> None:
     table.data[key] = value
 
 
+def delete(table: TableT, partition: int, key: str) -> None:
+    """Tombstone a key in the changelog and drop it from the local store."""
+    table.send_changelog(partition, key, None, value_serializer="raw")
+    table.data.pop(key, None)
+
+
 def crash_point(name: str) -> None:
     """Exit at once (no clean-up, like kill -9) when LOOPWISE_CRASH_AT names this point."""
     if settings.crash_at == name:

@@ -1,13 +1,23 @@
-"""``make demo``: a worker learns hidden user preferences from simulated feedback, live.
+"""``make demo``: one worker learns five things at once from simulated traffic, live.
 
-A handful of users have hidden preference vectors (the ground truth). They rate, like,
-dislike, click and dwell on catalog items according to how well each item matches their
-taste, with noise. About 1 % of the traffic is malformed and must end in the dead-letter
-topic. Every few seconds the demo reads each user's learned vector from Redis (as a
-consumer service would) and prints its cosine similarity to the hidden truth.
+One isolated deployment (topic prefix, app id) and one worker; the scenarios of
+``streams/demo_*.py`` produce their traffic interleaved from one loop:
 
-Environment: LOOPWISE_DEMO_SECONDS (default 60), LOOPWISE_DEMO_RATE (events/s, default 60),
-LOOPWISE_DEMO_USERS (default 6).
+1. preferences — hidden user preference vectors learned from feedback (cosine similarity);
+2. bandits — per-segment Thompson-sampling weights of three algorithms, and the regret of
+   serving by them;
+3. experiment — an A/B test with a known lift, stopped by the always-valid sequential test;
+4. choices — per-segment scoring weights learned from choices among ranked candidates;
+5. insights — a planted degradation in decision logs and metrics: trend, alert, insight,
+   action, and the report.
+
+A compact table is printed every five seconds; at the end each scenario's summary, the
+PNG figures (``.run/demo/*.png``) and the report paths. The exit status is 0 only if every
+scenario learned what it should.
+
+Environment: LOOPWISE_DEMO_SECONDS (seconds of traffic, default 75), LOOPWISE_DEMO_RATE
+(feedback events/s of scenario 1, default 60), LOOPWISE_DEMO_USERS (default 6),
+LOOPWISE_DEMO_SETTLE_S (longest wait for the last results after the traffic, default 30).
 """
 
 from __future__ import annotations
@@ -15,209 +25,214 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from collections import Counter
 
 import numpy as np
-import orjson
 import redis
 
-from agents.learning.preference import cosine_similarity
 from streams.config import REPO_ROOT
+from streams.demo_bandits import Bandits
+from streams.demo_choices import Choices
+from streams.demo_common import Context, HumanClocks, Outcome, Scenario, TopicTail
+from streams.demo_experiment import Experiment
+from streams.demo_insights import Insights
+from streams.demo_preferences import Preferences
 from streams.harness import Deployment
 from streams.kafka_admin import producer
-from streams.security import confluent_config, current, redis_client_kwargs
+from streams.security import current, redis_client_kwargs
 
-DIM = 8
-N_ITEMS = 400
-
-
-def _event(n: int, user: str, item: str, kind: str, value: float | None, ts: int) -> dict[str, Any]:
-    ev: dict[str, Any] = {
-        "event_id": f"demo-{user}-{n}",
-        "schema_version": 1,
-        "ts": ts,
-        "user_id": user,
-        "item_id": item,
-        "kind": kind,
-    }
-    if value is not None:
-        ev["value"] = value
-    if kind in {"click", "conversion", "impression"}:
-        ev["impression_id"] = f"imp-{user}-{n}"
-    return ev
+TABLE_EVERY_S = 5.0
+OBSERVE_EVERY_S = 1.0
+TAILED = ("actions", "alerts", "insights")
 
 
-def simulate_feedback(
-    rng: np.random.Generator, n: int, user: str, truth: np.ndarray, items: np.ndarray, ts: int
-) -> tuple[str, dict[str, Any]]:
-    """One feedback event whose sign and size follow the user's hidden taste.
-
-    ``ts`` is the user's simulated clock: the demo compresses hours of a person's activity
-    into a minute, with human-like irregular gaps, which is what the guard expects of people.
-    """
-    j = int(rng.integers(len(items)))
-    affinity = float(truth @ items[j])  # in [-1, 1]
-    roll = rng.random()
-    item = f"item-{j}"
-    if roll < 0.55:
-        rating = float(np.clip(np.rint(3 + 2.5 * affinity + rng.normal(0, 0.6)), 1, 5))
-        return "feedback.explicit", _event(n, user, item, "rating", rating, ts)
-    if roll < 0.8:
-        kind = "like" if affinity + rng.normal(0, 0.2) > 0 else "dislike"
-        return "feedback.explicit", _event(n, user, item, kind, None, ts)
-    if affinity + rng.normal(0, 0.2) > 0.2:
-        dwell = float(np.clip(rng.normal(60 + 100 * affinity, 10), 1, 600))
-        return "feedback.implicit", _event(n, user, item, "dwell", round(dwell, 1), ts)
-    return "feedback.implicit", _event(n, user, item, "view", None, ts)
+def build_scenarios(rng: np.random.Generator, run_id: str, seconds: float) -> list[Scenario]:
+    clocks = HumanClocks(rng)
+    prefs = Preferences(rng, clocks, run_id)
+    out_dir = REPO_ROOT / ".run" / "demo"
+    return [
+        prefs,
+        Bandits(rng, clocks, prefs.items, run_id),
+        Experiment(rng, run_id),
+        Choices(rng, run_id),
+        Insights(rng, out_dir, seconds),
+    ]
 
 
-MALFORMED = [
-    b"{this is not json",
-    b'{"event_id": "demo-bad", "schema_version": 1, "ts": 1, "user_id": "u", '
-    b'"item_id": "item-1", "kind": "rating", "value": 11}',
-    b'{"event_id": "demo-bad2", "schema_version": 1, "ts": 1, "user_id": "u", '
-    b'"item_id": "no-such-item", "kind": "like"}',
-]
+def row(ctx: Context, scenarios: list[Scenario], elapsed: float, dead: int, quar: int) -> str:
+    sent = sum(ctx.sent.values())
+    cells = " │ ".join(s.cell() for s in scenarios)
+    return f"{elapsed:4.0f}s {sent:6d} │ {cells} │ {dead:4d} {quar:4d}"
 
 
-def learned_vectors(client: redis.Redis, prefix: str, users: list[str]) -> np.ndarray:
-    out = np.zeros((len(users), DIM))
-    for i, user in enumerate(users):
-        raw = client.hget(f"{prefix}pref:{user}", "value")
-        if raw:
-            out[i] = orjson.loads(raw)["vector"]
-    return out
+def header(scenarios: list[Scenario]) -> str:
+    titles = " │ ".join(f"{s.name:^{len(s.header)}}" for s in scenarios)
+    return (
+        f"{'':11}│ {titles} │\n"
+        + "   t   sent │ "
+        + " │ ".join(s.header for s in scenarios)
+        + " │ dead quar"
+    )
+
+
+def legend() -> str:
+    return (
+        "\nlive table, every 5 s ('sent' counts what the demo produced; everything else is read "
+        "back from Redis, the worker's HTTP API and its output topics):\n"
+        "  preferences  mean cosine similarity of the learned preference vectors to the hidden "
+        "ones (Redis pref:<user>)\n"
+        "  bandits      serving weights of collaborative, content, popular per segment (Redis "
+        "alg:<segment>); regret: expected clicks lost vs always serving the best / by uniform "
+        "random serving\n"
+        "  experiment   units, lift, always-valid p-value, 95 % confidence sequence of the "
+        "difference (Redis exp:<id>); STOP once concluded\n"
+        "  choices      L1 distance of each segment's learned scoring weights to the truth "
+        "(Redis scoring:<segment>; dflt: defaults still published)\n"
+        "  insights     event-time minute sent, measured success rate of its latest closed "
+        "window, alerts / insights / actions seen on their topics\n"
+        "  dead quar    dead letters (the 1 % malformed feedback) and events quarantined by the "
+        "guard\n"
+    )
 
 
 def main() -> int:
-    seconds = float(os.environ.get("LOOPWISE_DEMO_SECONDS", "60"))
-    rate = float(os.environ.get("LOOPWISE_DEMO_RATE", "60"))
-    n_users = int(os.environ.get("LOOPWISE_DEMO_USERS", "6"))
+    seconds = float(os.environ.get("LOOPWISE_DEMO_SECONDS", "75"))
+    settle_s = float(os.environ.get("LOOPWISE_DEMO_SETTLE_S", "30"))
     rng = np.random.default_rng(2026)
+    wall = time.monotonic()
 
-    dep = Deployment.create(
-        REPO_ROOT / ".run" / "demo-logs",
-        name="demo",
-        LOOPWISE_ITEM_DIM=str(DIM),
-        LOOPWISE_BASE_ALPHA="0.02",
-    )
+    env: dict[str, str] = {"LOOPWISE_BATCH_WITHIN_S": "0.1"}
+    dep = Deployment.create(REPO_ROOT / ".run" / "demo-logs", name="demo")
+    scenarios = build_scenarios(rng, dep.run_id, seconds)
+    for s in scenarios:
+        env.update(s.env)
+    dep.base_env.update(env)
+    out_dir = REPO_ROOT / ".run" / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
     print(f"demo: topics with prefix {dep.settings.topic_prefix!r}")
     dep.create_topics()
-
-    items = rng.normal(size=(N_ITEMS, DIM))
-    items /= np.linalg.norm(items, axis=1, keepdims=True)
-    truth = rng.normal(size=(n_users, DIM))
-    truth /= np.linalg.norm(truth, axis=1, keepdims=True)
-    users = [f"user-{i}" for i in range(n_users)]
-    dep.produce(
-        "items",
-        [
-            {
-                "event_id": f"item-{j}-v1",
-                "schema_version": 1,
-                "ts": int(time.time() * 1000),
-                "item_id": f"item-{j}",
-                "features": items[j].round(6).tolist(),
-            }
-            for j in range(N_ITEMS)
-        ],
-        key_field="item_id",
-    )
-    print(f"demo: {N_ITEMS} items of dimension {DIM}; {n_users} users with hidden preferences")
-    print("demo: starting a worker (logs in .run/demo-logs/) ...")
-    worker = dep.start_worker()
-    print(f"demo: worker ready; HTTP on {worker.url('/ready')} and {worker.url('/metrics')}")
-
+    tail = TopicTail(dep, TAILED)
     client = redis.Redis.from_url(dep.settings.redis_url, **redis_client_kwargs(current().redis))
-    prod = producer(dep.settings)
-    header = "   t   events  " + " ".join(f"{u:>7}" for u in users) + "   mean  dead-letters"
-    print(
-        f"\ncosine similarity of each learned vector to its hidden truth "
-        f"(1.0 = learned exactly), read from Redis:\n{header}"
-    )
-    started = time.monotonic()
-    clocks = [int(time.time() * 1000) - 24 * 3_600_000] * n_users  # simulated activity time
-    sent = malformed = 0
-    next_report = started
+    ctx = Context(dep, producer(dep.settings), client, out_dir, seconds, tail)
+    outcomes: dict[str, Outcome] = {}
     try:
-        while (now := time.monotonic()) - started < seconds:
-            target = int((now - started) * rate)
-            while sent < target:
-                u = int(rng.integers(n_users))
-                clocks[u] += int(rng.exponential(20_000)) + 1_000  # 1 s + Exp(20 s) apart
-                topic, event = simulate_feedback(rng, sent, users[u], truth[u], items, clocks[u])
-                prod.produce(dep.topic(topic), key=users[u].encode(), value=orjson.dumps(event))
-                sent += 1
-                if rng.random() < 0.01:
-                    prod.produce(
-                        dep.topic("feedback.explicit"),
-                        key=b"u",
-                        value=MALFORMED[malformed % len(MALFORMED)],
-                    )
-                    malformed += 1
-            prod.poll(0)
-            if now >= next_report:
-                prod.flush(5)
-                _report(client, dep, users, truth, sent, now - started)
-                next_report += 5
-            if not worker.alive():
-                print(f"demo: the worker died:\n{worker.log_tail()}", file=sys.stderr)
-                return 1
-            time.sleep(0.02)
-        prod.flush(10)
-        time.sleep(2)  # let the last batches land
-        final = _report(client, dep, users, truth, sent, time.monotonic() - started)
-        dead = len(dep.read("deadletter"))
+        for s in scenarios:
+            s.prepare(ctx)
+        ctx.producer.flush(30)
+        print("demo: starting one worker (logs in .run/demo-logs/) ...")
+        ctx.worker = dep.start_worker()
         print(
-            f"\ndemo: {sent} valid events and {malformed} malformed ones sent; "
-            f"{dead} dead letters recorded with reason and source offset "
-            f"(see `loopwise dlq show`)."
+            f"demo: worker ready; HTTP on {ctx.worker.url('/ready')} and "
+            f"{ctx.worker.url('/metrics')}"
         )
-        print(
-            f"demo: final mean cosine similarity {final:.3f} "
-            f"({'learned' if final > 0.8 else 'NOT yet learned'})."
-        )
-        return 0 if final > 0.8 and worker.alive() else 1
+        print(legend())
+        print(header(scenarios), flush=True)
+        if not run_traffic(ctx, scenarios, seconds):
+            return 1
+        print(f"demo: traffic over; waiting (≤ {settle_s:.0f} s) for the last results ...")
+        settle(ctx, scenarios, settle_s)
+        dead, quar = counts(ctx)
+        print(row(ctx, scenarios, time.monotonic() - ctx.started, dead, quar), flush=True)
+        for s in scenarios:
+            try:
+                outcomes[s.name] = s.finish(ctx)
+            except Exception as exc:  # one scenario's bug must not hide the others' results
+                outcomes[s.name] = Outcome(False, [], f"summary failed: {exc!r}")
+        summary(ctx, scenarios, outcomes, dead, quar)
+        pngs = []
+        for s in scenarios:
+            try:
+                pngs += s.plot(ctx)
+            except Exception as exc:
+                print(f"demo: the {s.name} figure failed: {exc!r}")
+        if pngs:
+            print("\ndemo: figures:\n" + "\n".join(f"  {p}" for p in pngs))
+        alive = ctx.worker.alive()
+        failed = [n for n, o in outcomes.items() if not o.ok]
+        print(f"\ndemo: {time.monotonic() - wall:.0f} s in all")
+        if not alive:
+            print("demo: the worker died:\n" + ctx.worker.log_tail(), file=sys.stderr)
+        if failed:
+            for name in failed:
+                print(f"demo: {name} did NOT learn what it should: {outcomes[name].failure}",
+                      file=sys.stderr)  # fmt: skip
+            return 1
+        if not alive:
+            return 1
+        print("demo: every scenario learned what it should.")
+        return 0
     finally:
+        ctx.producer.flush(10)
         dep.stop()
+        tail.close()
         dep.delete_topics()
+        for s in scenarios:
+            s.cleanup(ctx)
         print("demo: worker stopped, demo topics deleted")
 
 
-def _report(
-    client: redis.Redis,
-    dep: Deployment,
-    users: list[str],
-    truth: np.ndarray,
-    sent: int,
-    elapsed: float,
-) -> float:
-    learned = learned_vectors(client, dep.settings.topic_prefix, users)
-    cos = cosine_similarity(learned, truth)
-    dead = _dead_letter_count(dep)
+def counts(ctx: Context) -> tuple[int, int]:
+    return ctx.tail.count(ctx.dep.topic("deadletter")), ctx.tail.count(ctx.dep.topic("quarantine"))
+
+
+def run_traffic(ctx: Context, scenarios: list[Scenario], seconds: float) -> bool:
+    started = ctx.started = time.monotonic()
+    next_observe = started + OBSERVE_EVERY_S
+    next_row = started + TABLE_EVERY_S
+    assert ctx.worker is not None
+    while (now := time.monotonic()) - started < seconds:
+        elapsed = now - started
+        for s in scenarios:
+            s.tick(ctx, elapsed)
+        ctx.producer.poll(0)
+        ctx.tail.poll()
+        if now >= next_observe:
+            for s in scenarios:
+                s.observe(ctx, elapsed)
+            next_observe += OBSERVE_EVERY_S
+        if now >= next_row:
+            dead, quar = counts(ctx)
+            print(row(ctx, scenarios, elapsed, dead, quar), flush=True)
+            next_row += TABLE_EVERY_S
+        if not ctx.worker.alive():
+            print(f"demo: the worker died:\n{ctx.worker.log_tail()}", file=sys.stderr)
+            return False
+        time.sleep(0.02)
+    ctx.producer.flush(30)
+    return True
+
+
+def settle(ctx: Context, scenarios: list[Scenario], limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    started = ctx.started
+    waiting = [s.name for s in scenarios]
+    while time.monotonic() < deadline:
+        time.sleep(OBSERVE_EVERY_S)
+        ctx.tail.poll()
+        elapsed = time.monotonic() - started
+        for s in scenarios:
+            s.observe(ctx, elapsed)
+        waiting = [s.name for s in scenarios if not s.settled(ctx)]
+        if not waiting:
+            return
+    print(f"demo: still waiting for {', '.join(waiting)} after {limit_s:.0f} s; judging now")
+
+
+def summary(
+    ctx: Context, scenarios: list[Scenario], outcomes: dict[str, Outcome], dead: int, quar: int
+) -> None:
+    for i, s in enumerate(scenarios, 1):
+        o = outcomes[s.name]
+        print(f"\n{i}. {s.name}: {'LEARNED' if o.ok else 'NOT LEARNED — ' + o.failure}")
+        for line in o.lines:
+            print(f"   {line}")
+    reasons = Counter(d.get("error_kind", "?") for d in ctx.dep.read("deadletter"))
+    sent = ", ".join(f"{t} {n}" for t, n in sorted(ctx.sent.items()))
+    print(f"\nevents sent: {sent}")
     print(
-        f"{elapsed:5.0f}s {sent:7d}  "
-        + " ".join(f"{c:7.3f}" for c in cos)
-        + f"  {cos.mean():6.3f}  {dead:6d}",
-        flush=True,
+        f"dead letters: {dead} ({', '.join(f'{k} {v}' for k, v in reasons.items()) or 'none'}; "
+        f"see `loopwise dlq show`); quarantined by the guard: {quar}"
     )
-    return float(cos.mean())
-
-
-def _dead_letter_count(dep: Deployment) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        confluent_config(dep.settings.kafka_bootstrap_servers, **{"group.id": "demo-dlq-count"})
-    )
-    try:
-        topic = dep.topic("deadletter")
-        parts = consumer.list_topics(topic, timeout=5).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts
-        )
-    finally:
-        consumer.close()
 
 
 if __name__ == "__main__":

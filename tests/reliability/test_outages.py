@@ -12,7 +12,7 @@ from streams.config import REPO_ROOT
 from streams.harness import Deployment
 from tests.reliability.workload import Workload, assert_exact, item_events
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 OUTAGE_S = 15
 
 

@@ -12,7 +12,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize(
-    "boundary", ["after_table", "after_redis", "after_postgres", "after_output"]
+    "boundary",
+    [
+        "after_table",
+        pytest.param("after_redis", marks=pytest.mark.long),
+        pytest.param("after_postgres", marks=pytest.mark.long),
+        "after_output",
+    ],
 )
 def test_exit_at_boundary_then_restart_gives_exact_state(
     deployment: Deployment, boundary: str

@@ -88,19 +88,26 @@ class PreferenceStateView(View):
 
 @app.timer(interval=5.0, name=f"{settings.app_id}.consumer-lag")
 async def record_consumer_lag() -> None:
-    """Lag per assigned partition; partitions that moved away are removed from the gauge."""
+    """Committed lag per assigned partition: high watermark minus the last committed offset.
+
+    Reads only faust's own bookkeeping. Asking the aiokafka consumer for its position here
+    (``consumer.position``) can start an offset reset of its own right after a rebalance,
+    racing faust's seek to the committed offsets; a worker restarted after a crash then
+    fetched nothing. Partitions that moved away are removed from the gauge.
+    """
     try:
         assignment = app.consumer.assignment()
+        committed = app.consumer._committed_offset  # faust's record of what it committed
     except Exception:  # consumer not started yet
         return
     seen = set()
     for tp in assignment:
-        position = await app.consumer.position(tp)
         highwater = app.consumer.highwater(tp)
-        if position is None or highwater is None:
+        done = committed.get(tp)
+        if highwater is None or done is None:
             continue
         CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
-            max(0, highwater - position)
+            max(0, highwater - done)
         )
         seen.add((tp.topic, str(tp.partition)))
     for labels in list(_lag_labels - seen):

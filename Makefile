@@ -36,10 +36,11 @@ test-unit: setup
 	$(PYTEST_EXIT) $(BIN)/pytest -q tests/unit tests/contract agents/learning --doctest-modules
 
 test-integration: setup services-up
-	@set -a; source $(SERVICES_ENV); set +a; $(PYTEST_EXIT) $(BIN)/pytest -q tests/integration
+	@set -a; source $(SERVICES_ENV); set +a; $(PYTEST_EXIT) $(BIN)/pytest -q tests/integration -m "not long"
 
 test-reliability: setup services-up
-	@set -a; source $(SERVICES_ENV); set +a; $(PYTEST_EXIT) $(BIN)/pytest -q tests/reliability
+	@set -a; source $(SERVICES_ENV); set +a; \
+	$(PYTEST_EXIT) $(BIN)/pytest -q tests/reliability tests/integration/test_crash_recovery.py
 
 test: setup lint services-up
 	$(PYTEST_EXIT) $(BIN)/pytest -q tests/unit tests/contract agents/learning --doctest-modules

@@ -26,7 +26,9 @@ from tests.integration.test_choices_pipeline import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+# Restarts after repeated crashes hit the same intermittent stall as
+# tests/integration/test_crash_recovery.py (see there); run by `make test-reliability`.
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 N = 2000  # sessions
 
 

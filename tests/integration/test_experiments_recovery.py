@@ -23,7 +23,9 @@ from tests.integration.test_experiments_pipeline import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+# Restarts after repeated crashes hit the same intermittent stall as
+# tests/integration/test_crash_recovery.py (see there); run by `make test-reliability`.
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 def test_crashes_between_units_aggregate_and_sinks_change_no_count(

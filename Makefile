@@ -40,7 +40,8 @@ test-integration: setup services-up
 
 test-reliability: setup services-up
 	@set -a; source $(SERVICES_ENV); set +a; \
-	$(PYTEST_EXIT) $(BIN)/pytest -q tests/reliability tests/integration -m long
+	$(PYTEST_EXIT) $(BIN)/pytest -q tests/reliability && \
+	$(PYTEST_EXIT) $(BIN)/pytest -q tests/integration -m long
 
 test: setup lint services-up
 	$(PYTEST_EXIT) $(BIN)/pytest -q tests/unit tests/contract agents/learning --doctest-modules

@@ -14,6 +14,8 @@ from faust.types import TopicT
 
 from streams.catalog import ItemCatalog
 from streams.config import Settings
+from streams.fetching import RewindingTransport
+from streams.recovery import LoopwiseTableManager
 from streams.security import current as current_security
 from streams.security import faust_app_settings, postgres_conninfo, redis_client_kwargs
 from streams.sinks.postgres_sink import PostgresRecords
@@ -25,7 +27,15 @@ log = logging.getLogger(__name__)
 settings = Settings.from_env()
 security = current_security()
 
-app = faust.App(
+
+class LoopwiseApp(faust.App):
+    """faust's App with a consumer that never skips fetched records (streams.fetching)."""
+
+    def _new_transport(self) -> RewindingTransport:
+        return RewindingTransport(self.conf.broker_consumer, self)
+
+
+app = LoopwiseApp(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap_servers}",
     # The memory store rebuilds tables from their changelogs on start; the changelog, not
@@ -47,6 +57,8 @@ app = faust.App(
     web_port=settings.web_port,
     web_host=settings.web_host,
     table_standby_replicas=0,
+    # Seeks stream partitions before resuming them after recovery (see streams.recovery).
+    TableManager=LoopwiseTableManager,
     key_serializer="raw",
     value_serializer="raw",
     **faust_app_settings(security.kafka),

@@ -54,11 +54,15 @@ def log_dir() -> Path:
     return path
 
 
-@pytest.fixture
-def deployment(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
-    """A fresh prefix + app id with its topics created; workers stopped afterwards."""
+def isolated_deployment(
+    log_dir: Path, request: pytest.FixtureRequest, **env: str
+) -> Iterator[Deployment]:
+    """A fresh prefix + app id with its topics created; workers stopped afterwards, their
+    log tails printed when the test failed, the topics deleted."""
     dep = Deployment.create(
-        log_dir, name="it", LOOPWISE_ITEM_DIM="4", LOOPWISE_MAX_MESSAGE_BYTES="100000"
+        log_dir,
+        name="it",
+        **{"LOOPWISE_ITEM_DIM": "4", "LOOPWISE_MAX_MESSAGE_BYTES": "100000", **env},
     )
     dep.create_topics()
     yield dep
@@ -68,6 +72,12 @@ def deployment(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Deploy
         for w in dep.workers:
             print(f"--- log of {w.name} ---\n{w.log_tail(60)}")
     dep.delete_topics()
+
+
+@pytest.fixture
+def deployment(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """An isolated deployment with 2 partitions per keyed topic (see isolated_deployment)."""
+    yield from isolated_deployment(log_dir, request)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

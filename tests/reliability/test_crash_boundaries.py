@@ -3,6 +3,8 @@ the table, Redis, PostgreSQL and the output topic equal the ground truth exactly
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from streams.harness import Deployment
@@ -30,6 +32,13 @@ def test_exit_at_boundary_then_restart_gives_exact_state(
     wait_for(lambda: not crashing.alive(), 60, f"the worker to exit at {boundary}")
     assert crashing.process.returncode == 70
 
+    restarted_at = time.monotonic()
     deployment.start_worker()
-    assert_exact(deployment, workload)
+    assert_exact(
+        deployment,
+        workload,
+        test=f"crash at boundary: {boundary}",
+        faults="exit(70) + restart",
+        recovery_s=time.monotonic() - restarted_at,
+    )
     assert deployment.read("deadletter") == []

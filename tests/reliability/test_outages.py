@@ -36,6 +36,14 @@ def test_sink_outage_delays_but_loses_nothing(deployment: Deployment, service: s
         assert worker.alive()
     finally:
         services("up", service)
-    assert_exact(deployment, workload, timeout_s=120)
+    back_at = time.monotonic()
+    assert_exact(
+        deployment,
+        workload,
+        timeout_s=120,
+        test=f"{service} outage",
+        faults=f"{service} down {OUTAGE_S} s",
+        recovery_s=time.monotonic() - back_at,
+    )
     assert deployment.read("deadletter") == []
     assert worker.alive()

@@ -41,4 +41,9 @@ def test_resent_events_and_group_reset_change_nothing(deployment: Deployment) ->
     markers = Workload.generate(f"{deployment.run_id}-marker", n_users=8, per_user=2, seed=9)
     deployment.produce("feedback.explicit", markers.events)
     assert_exact(deployment, markers)
-    assert_exact(deployment, workload)
+    assert_exact(
+        deployment,
+        workload,
+        test="replay (10 % re-sent + group reset)",
+        faults=f"{len(resent)} re-sent, offsets reset to 0",
+    )

@@ -9,6 +9,7 @@ checks read Redis, PostgreSQL, the output topic and the worker's table and count
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 import orjson
 import psycopg
 import redis
+from confluent_kafka import Consumer, TopicPartition
 
 from agents.learning.preference import (
     KIND_INDEX,
@@ -28,7 +30,9 @@ from agents.learning.preference import (
 )
 from streams.config import Settings
 from streams.harness import Deployment
+from streams.kafka_admin import producer
 from tests.integration.test_preferences_pipeline import human_ts
+from tests.reliability import summary
 
 DIM = 4
 ITEMS = {f"item-{i}": np.eye(DIM)[i % DIM] * (1 + i // DIM) * 0.5 for i in range(8)}
@@ -164,17 +168,34 @@ def from_outputs(dep: Deployment, workload: Workload) -> tuple[Discrepancies, in
 
 
 def from_table(dep: Deployment, workload: Workload) -> Discrepancies:
+    """The table as the live workers hold it. With several workers each user is asked of
+    every live one and the first that holds it answers (partitions are disjoint)."""
     observed: dict[str, tuple[int, list[float]] | None] = {}
-    worker = dep.workers[-1]
+    live = [w for w in dep.workers if w.alive()]
     for user in workload.users:
-        status, body = worker.get_json(f"/state/preferences/{user}")
-        observed[user] = (body["interactions"], body["vector"]) if status == 200 else None
+        observed[user] = None
+        for worker in live:
+            status, body = worker.get_json(f"/state/preferences/{user}")
+            if status == 200:
+                observed[user] = (body["interactions"], body["vector"])
+                break
     return compare(observed, workload)
 
 
-def assert_exact(dep: Deployment, workload: Workload, timeout_s: float = 90.0) -> int:
+def assert_exact(
+    dep: Deployment,
+    workload: Workload,
+    timeout_s: float = 90.0,
+    *,
+    test: str | None = None,
+    faults: str = "none",
+    recovery_s: float | None = None,
+) -> int:
     """Wait until every store holds the truth (Redis may be exact before the table after a
-    crash past the Redis write), then check each; returns the number of re-sent outputs."""
+    crash past the Redis write), then check each; returns the number of re-sent outputs.
+
+    With ``test`` the result (losses and duplicates counted before asserting) becomes a row
+    of the suite's summary table."""
 
     def all_exact() -> bool:
         return not (
@@ -186,9 +207,94 @@ def assert_exact(dep: Deployment, workload: Workload, timeout_s: float = 90.0) -
 
     with contextlib.suppress(AssertionError):  # the asserts below name the store that differs
         wait_for(all_exact, timeout_s, "every store to equal the truth")
-    assert not (d := from_redis(dep, workload)), ("redis", d)
-    assert not (d := from_postgres(dep, workload)), ("postgres", d)
-    assert not (d := from_table(dep, workload)), ("table", d)
+    stores = {
+        "redis": from_redis(dep, workload),
+        "postgres": from_postgres(dep, workload),
+        "table": from_table(dep, workload),
+    }
     outputs, resent = from_outputs(dep, workload)
-    assert not outputs, ("outputs", outputs)
+    stores["outputs"] = outputs
+    if test is not None:
+        summary.record(
+            summary.Row(
+                test=test,
+                events=len(workload.events),
+                faults=faults,
+                lost=max(sum(d.lost.values()) for d in stores.values()),
+                duplicated=max(sum(d.doubled.values()) for d in stores.values()),
+                resent_outputs=resent,
+                recovery_s=recovery_s,
+                notes=[
+                    f"{name}: {len(d.wrong_vector)} wrong vectors"
+                    for name, d in stores.items()
+                    if d.wrong_vector
+                ],
+            )
+        )
+    for name, found in stores.items():
+        assert not found, (name, found)
     return resent
+
+
+def group_positions(dep: Deployment, topic_name: str) -> dict[int, tuple[int, int]]:
+    """Per partition of ``topic_name``: (the app's committed offset, the end offset).
+
+    Read with a consumer that carries the app's group id but never subscribes, so it does
+    not join the group (the admin call may block while the group rebalances)."""
+    topic = dep.topic(topic_name)
+    parts = [TopicPartition(topic, p) for p in range(dep.settings.partitions)]
+    consumer = Consumer(
+        {
+            "bootstrap.servers": dep.settings.kafka_bootstrap_servers,
+            "group.id": dep.settings.app_id,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        committed = {tp.partition: max(tp.offset, 0) for tp in consumer.committed(parts, 10)}
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+    finally:
+        consumer.close()
+    return {p: (committed.get(p, 0), ends[p]) for p in ends}
+
+
+def wait_committed_past(
+    dep: Deployment, topic_name: str, targets: dict[int, int], timeout_s: float
+) -> float:
+    """Seconds until the group's committed offsets reach ``targets``; raises on timeout."""
+    started = time.monotonic()
+    wait_for(
+        lambda: all(group_positions(dep, topic_name)[p][0] >= end for p, end in targets.items()),
+        timeout_s,
+        f"committed offsets of {topic_name} to reach {targets}",
+    )
+    return time.monotonic() - started
+
+
+class PacedProducer(threading.Thread):
+    """Produces the workload at ``rate`` events/s in the background (a steady stream)."""
+
+    def __init__(self, dep: Deployment, events: list[dict[str, Any]], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.dep, self.events, self.rate = dep, events, rate
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        topic = self.dep.topic("feedback.explicit")
+        out = producer(self.dep.settings)
+        started = time.monotonic()
+        try:
+            for n, event in enumerate(self.events, start=1):
+                out.produce(topic, key=event["user_id"].encode(), value=orjson.dumps(event))
+                self.sent = n
+                if n % 50 == 0:
+                    out.poll(0)
+                    ahead = n / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            # A broker restart may hold messages back for a while; they are retried.
+            if out.flush(120):
+                raise RuntimeError("messages left undelivered after 120 s")
+        except BaseException as exc:  # surfaced by the test via .error
+            self.error = exc

@@ -168,15 +168,25 @@ def _look(
     alpha: float,
     tau2: float,
     weighted: tuple[float, float] | None,
+    cuped: bool = False,
 ) -> tuple[float, float, float]:
     """Advance one always-valid test; (p-value, CS lower, CS upper).
 
-    One allocation period: mSPRT on the pooled statistics. Several (bandit mode): the same
-    mixture test on the period-weighted difference and its standard error.
+    One allocation period: mSPRT on the pooled statistics, CUPED-adjusted when ``cuped``.
+    Several (bandit mode): the same mixture test on the period-weighted difference and its
+    standard error (not adjusted: the period weighting has no covariate terms).
     """
     previous = SequentialState.from_dict(state.sequential.get(key, {}))
     if weighted is None:
-        r = msprt_update(control, treatment, metric_type, previous, alpha, tau2)  # type: ignore[arg-type]
+        r = msprt_update(
+            control,
+            treatment,
+            metric_type,  # type: ignore[arg-type]
+            previous,
+            alpha,
+            tau2,
+            cuped=cuped,
+        )
         new = r.state
     else:
         estimate, se = weighted
@@ -239,6 +249,7 @@ def _srm(state: ExperimentState) -> dict[str, Any]:
         "duplicate_exposures": counters.get("duplicate_exposures", 0),
         "duplicate_conversions": counters.get("duplicate_conversions", 0),
         "held_units": counters.get("held_units", 0),
+        "unexposed_conversions": counters.get("unexposed_conversions", 0),
         "units_with_covariate": counters.get("units_with_covariate", 0),
     }
 
@@ -307,6 +318,7 @@ def evaluate(state: ExperimentState, now_ms: int, policy: Policy) -> Evaluation:
                 d.alpha,
                 policy.tau2,
                 weighted,
+                cuped=cuped and weighted is None,
             )
         seq_holm = holm([seq[i][0] for i in treatments])
         by_metric[m] = {}
@@ -350,6 +362,7 @@ def evaluate(state: ExperimentState, now_ms: int, policy: Policy) -> Evaluation:
             if cuped:
                 comp["cuped_theta"] = _num(c.cuped_theta)
                 comp["variance_reduction"] = _num(c.variance_reduction)
+                comp["sequential_cuped"] = pw is None
             if pw is not None:
                 comp["pw_difference"] = _num(pw.differences[i])
                 comp["pw_ci_lower"] = _num(pw.ci_lower[i])

@@ -31,6 +31,7 @@ Everything here is pure (no I/O) and unit-tested in ``tests/unit/test_experiment
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +143,16 @@ class Definition:
         )
 
 
+def definition_revision(event_id: str) -> int | None:
+    """The revision in a definition event id (``def:<experiment>:<revision>``).
+
+    >>> definition_revision("def:checkout:7"), definition_revision("elsewhere")
+    (7, None)
+    """
+    tail = event_id.rsplit(":", 1)[-1]
+    return int(tail) if event_id.startswith("def:") and tail.isdigit() else None
+
+
 def definition_payload(event: Mapping[str, Any]) -> dict[str, Any]:
     """A definition event without its event fields and status."""
     return {
@@ -163,7 +174,10 @@ class Unit:
     covariate: float | None = None
     values: list[float | None] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
-    held: list[list[Any]] = field(default_factory=list)  # [metric index, value, id hash]
+    # [metric index, value, id hash, event ts, source]; ``source`` is [topic, partition,
+    # offset, key (base64 or None), original (base64)], for the dead letter if the
+    # exposure never comes (entries written before these two fields never expire).
+    held: list[list[Any]] = field(default_factory=list)
 
     @classmethod
     def new(cls, n_metrics: int) -> Unit:
@@ -213,6 +227,37 @@ def unit_key(experiment_id: str, unit_id: str) -> str:
     return f"{experiment_id}|{unit_id}"
 
 
+class HeldIndex:
+    """This worker's held conversions: per experiment a heap of (event ts, unit id).
+
+    In memory only: the agent rebuilds it from the table after every rebalance and keeps it
+    up to date batch by batch. Entries are not removed when an exposure releases a
+    unit; a stale entry finds nothing to expire when it comes due.
+    """
+
+    def __init__(self) -> None:
+        self.heaps: dict[str, list[tuple[int, str]]] = {}
+
+    def add(self, experiment_id: str, ts: int, unit_id: str) -> None:
+        heapq.heappush(self.heaps.setdefault(experiment_id, []), (ts, unit_id))
+
+    def due(self, experiment_id: str, before_ts: float) -> list[str]:
+        """Units with an entry older than ``before_ts``, each once (entries removed)."""
+        heap = self.heaps.get(experiment_id)
+        out: dict[str, None] = {}
+        while heap and heap[0][0] < before_ts:
+            out[heapq.heappop(heap)[1]] = None
+        if heap is not None and not heap:
+            del self.heaps[experiment_id]
+        return list(out)
+
+    def drop(self, experiment_id: str) -> None:
+        self.heaps.pop(experiment_id, None)
+
+    def clear(self) -> None:
+        self.heaps.clear()
+
+
 # --------------------------------------------------------------------------------------
 # The experiment aggregate
 # --------------------------------------------------------------------------------------
@@ -240,6 +285,9 @@ class ExperimentState:
     periods: list[dict[str, Any]] = field(default_factory=list)
     first_ts: int | None = None
     last_ts: int = 0
+    last_exposure_ts: int = 0  # event time of the exposure stream: held conversions expire
+    ended_ms: int | None = None  # wall clock when the status became final (unit retention)
+    purged: bool = False  # the unit records were deleted after the retention
     counters: dict[str, int] = field(default_factory=dict)
     sequential: dict[str, dict[str, Any]] = field(default_factory=dict)
     srm: dict[str, Any] = field(default_factory=lambda: {"p": 1.0, "looks": 0})
@@ -250,6 +298,7 @@ class ExperimentState:
     rolled_back: list[str] = field(default_factory=list)
     dirty: bool = False
     partition: int | None = None  # the source partition that owns this experiment
+    revision: int = 0  # of the definition held; an older announcement read late is ignored
     _def: Definition | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -281,6 +330,9 @@ class ExperimentState:
         "periods",
         "first_ts",
         "last_ts",
+        "last_exposure_ts",
+        "ended_ms",
+        "purged",
         "counters",
         "sequential",
         "srm",
@@ -291,6 +343,7 @@ class ExperimentState:
         "rolled_back",
         "dirty",
         "partition",
+        "revision",
     )
 
     def pack(self) -> bytes:
@@ -303,12 +356,17 @@ class ExperimentState:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def apply_definition(self, definition: Mapping[str, Any], status: str) -> str | None:
+    def apply_definition(
+        self, definition: Mapping[str, Any], status: str, revision: int | None = None
+    ) -> str | None:
         """Apply an announced definition; returns an error message when it is refused.
 
         Status only moves forward (draft → running → stopped/concluded): an older
         announcement read late changes nothing. The variants, control and metrics cannot
-        change once statistics are kept for them.
+        change once statistics are kept for them; the rest of the definition (a traffic
+        ramp) is taken from an announcement of a newer ``revision``. A ramp needs no new
+        allocation period: the traffic gate admits or removes units independently of their
+        variant, so every variant's share of the units stays the allocation.
         """
         new = Definition.from_dict(definition)
         if not self.defn.same_design(new):
@@ -318,7 +376,33 @@ class ExperimentState:
             )
         if STATUS_RANK[status] > STATUS_RANK[self.status]:
             self.status = status
+        if revision is not None and revision > self.revision:
+            self.definition = dict(definition)
+            self._def = None
+            self.revision = revision
         return None
+
+    @property
+    def ended(self) -> bool:
+        return STATUS_RANK[self.status] == STATUS_RANK["stopped"]
+
+    def mark_ended(self, now_ms: int) -> None:
+        """Remember when a final status was first seen (the unit retention starts then)."""
+        if self.ended and self.ended_ms is None:
+            self.ended_ms = int(now_ms)
+
+    def purge_due(self, now_ms: int, retention_ms: int) -> bool:
+        """Whether the unit records of this ended experiment should now be deleted.
+
+        >>> s = ExperimentState.new({"experiment_id": "e", "control": "a", "mde": 0.1,
+        ...     "variants": [{"name": "a"}, {"name": "b"}],
+        ...     "primary_metric": {"name": "m", "type": "binary"}}, "stopped")
+        >>> s.mark_ended(1_000); s.purge_due(60_999, 60_000), s.purge_due(61_000, 60_000)
+        (False, True)
+        """
+        return (
+            not self.purged and self.ended_ms is not None and now_ms - self.ended_ms >= retention_ms
+        )
 
     @property
     def period(self) -> dict[str, Any]:
@@ -339,8 +423,10 @@ class ExperimentState:
 
     def observe_ts(self, ts: int, exposure: bool) -> None:
         self.last_ts = max(self.last_ts, ts)
-        if exposure and (self.first_ts is None or ts < self.first_ts):
-            self.first_ts = ts
+        if exposure:
+            self.last_exposure_ts = max(self.last_exposure_ts, ts)
+            if self.first_ts is None or ts < self.first_ts:
+                self.first_ts = ts
 
     # -- events --------------------------------------------------------------------------
 
@@ -364,15 +450,26 @@ class ExperimentState:
         if unit.held:
             held, unit.held = unit.held, []
             self.count("held_units", -1)
-            for metric, value, id_hash in held:
-                self._add_value(unit, metric, float(value))
-                self._remember_id(unit, id_hash)
+            for entry in held:
+                self._add_value(unit, int(entry[0]), float(entry[1]))
+                self._remember_id(unit, int(entry[2]))
         return APPLIED
 
     def apply_conversion(
-        self, unit: Unit, metric: int, value: float, id_hash: int, max_held_units: int
+        self,
+        unit: Unit,
+        metric: int,
+        value: float,
+        id_hash: int,
+        max_held_units: int,
+        ts: int | None = None,
+        source: list[Any] | None = None,
     ) -> str:
-        """Apply a metric value, or hold it until the unit's exposure arrives."""
+        """Apply a metric value, or hold it until the unit's exposure arrives.
+
+        ``ts`` (event time) and ``source`` (see :attr:`Unit.held`) are kept with a held
+        value so that :meth:`expire_held` can dead-letter it if the exposure never comes.
+        """
         if id_hash in unit.ids or any(h[2] == id_hash for h in unit.held):
             self.count("duplicate_conversions")
             return DUPLICATE
@@ -383,11 +480,33 @@ class ExperimentState:
                 if self.counters.get("held_units", 0) >= max_held_units:
                     return HOLD_LIMIT
                 self.count("held_units")
-            unit.held.append([metric, value, id_hash])
+            entry: list[Any] = [metric, value, id_hash]
+            if ts is not None:
+                entry += [int(ts), source]
+            unit.held.append(entry)
             return HELD
         self._add_value(unit, metric, value)
         self._remember_id(unit, id_hash)
         return APPLIED
+
+    def expire_held(self, unit: Unit, before_ts: float) -> list[list[Any]]:
+        """Take the held values of an unexposed unit whose event time is before
+        ``before_ts`` (``math.inf``: all of them); the caller dead-letters them.
+
+        Exposures precede conversions in event time, so once the exposure stream has
+        passed a held conversion's time by the wait, its exposure is not coming: counting
+        it later would need it to be re-sent (``loopwise dlq replay``).
+        """
+        if unit.exposed or not unit.held:
+            return []
+        expired = [h for h in unit.held if len(h) >= 5 and h[3] < before_ts]
+        if not expired:
+            return []
+        unit.held = [h for h in unit.held if not (len(h) >= 5 and h[3] < before_ts)]
+        if not unit.held:
+            self.count("held_units", -1)
+        self.count("unexposed_conversions", len(expired))
+        return expired
 
     @staticmethod
     def _remember_id(unit: Unit, id_hash: int) -> None:

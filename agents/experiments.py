@@ -21,15 +21,27 @@ one look (:func:`agents.experiment_results.evaluate`) → Redis (``exp:<id>``, v
 PostgreSQL (latest result, history, decision records, status / weights) → the
 ``experiments.results`` and ``actions`` topics.
 
-Rejected (dead-lettered, kind ``schema_violation`` unless noted): events of an unknown
-experiment or of a draft; an exposure whose variant, or a conversion whose metric, is not in
-the definition; a binary metric value other than 0 or 1; a conversion of a not-yet-exposed
-unit when the holding limit is reached (kind ``other``).
+Rejected (dead-lettered, kind ``schema_violation`` unless noted): events of an experiment
+that PostgreSQL does not know (``unknown_experiment``) or of a draft; an exposure whose
+variant, or a conversion whose metric, is not in the definition; a binary metric value other
+than 0 or 1; conversions of a unit that is never exposed (``unexposed_unit``, below); events
+of an experiment whose unit records were purged (``other``).
 
 Conversions of units whose exposure has not arrived yet (the topics are read concurrently,
-so this happens) are held in the unit record and applied when the exposure arrives: at most
-16 per unit and ``LOOPWISE_EXPERIMENT_MAX_HELD_UNITS`` units per experiment. Units that are
-never exposed are never counted; ``srm.held_units`` in the result reports them.
+so this happens) are held in the unit record, with their bytes and coordinates, and applied
+when the exposure arrives: at most 16 per unit and ``LOOPWISE_EXPERIMENT_MAX_HELD_UNITS``
+units per experiment (beyond: ``unexposed_unit`` at once). The wait is bounded in *event
+time*: once an applied exposure is ``LOOPWISE_EXPERIMENT_UNEXPOSED_WAIT_S`` later than a held
+conversion, that conversion is dead-lettered (``unexposed_unit``). Event time, not the wall
+clock, so that consumer lag on the exposures topic never expires conversions whose exposures
+are merely unread; an experiment whose exposures stop keeps its held conversions until its
+unit records are purged, which dead-letters them. ``srm.held_units`` reports units waiting,
+``srm.unexposed_conversions`` the conversions dead-lettered. An in-memory index (rebuilt from
+the table after each rebalance) finds the due units without scanning the table.
+
+Retention: when an experiment is stopped or concluded the aggregate records the wall-clock
+time; ``LOOPWISE_EXPERIMENT_UNIT_RETENTION_S`` later a timer deletes its unit records
+(changelog tombstones, :func:`purge_ended`). The aggregate, with the final statistics, stays.
 
 Results are rate-limited per experiment (``LOOPWISE_EXPERIMENT_RESULTS_INTERVAL_S``): a batch
 that changes an experiment emits at once if the last result is older than the interval,
@@ -42,7 +54,9 @@ at a crash or rebalance is emitted by the next owner. Result event ids are
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,27 +66,34 @@ from faust.types import TP, StreamT
 
 from agents.experiment_results import Evaluation, Policy, evaluate
 from agents.experiment_state import (
+    APPLIED,
     DUPLICATE,
+    HELD,
     HOLD_LIMIT,
     TOPIC_SLOTS,
     ExperimentState,
+    HeldIndex,
     Unit,
     definition_payload,
+    definition_revision,
     event_id_hash,
     unit_key,
 )
 from streams.app import app, deadletter_topic, postgres, redis_values, settings, topic
 from streams.boundary import Boundary, Valid
-from streams.codecs import EventDecoder, encode
+from streams.codecs import EventDecoder, dead_letter, encode
 from streams.experiments_store import _COLUMNS, Experiment
 from streams.metrics import (
+    DEAD_LETTERS,
     EVENT_TO_OUTPUT_SECONDS,
     EVENTS_DUPLICATE,
     EVENTS_OUT,
+    EXPERIMENT_EXPOSURES,
+    EXPERIMENTS_ACTIVE,
     TABLE_KEYS,
 )
 from streams.retry import retry_transient
-from streams.state import crash_point, put
+from streams.state import crash_point, delete, put
 
 log = logging.getLogger(__name__)
 AGENT = "experiments"
@@ -98,10 +119,16 @@ policy = Policy.from_settings(settings)
 _slot_of_topic = {settings.topic(name): TOPIC_SLOTS[name] for name in INPUTS}
 _owner_topic = settings.topic("experiments.exposures")
 
+PURGE_CHECK_EVERY_S = 30.0
+PURGE_CHUNK = 1000  # unit deletions between yields to the event loop
+
+
 _lock = asyncio.Lock()
 _last_emit: dict[str, float] = {}
 _pending: dict[str, int] = {}  # experiment id -> partition, results owed (rate limit)
+_held = HeldIndex()
 _scan_needed = True
+_last_purge_check = 0.0
 
 UPSERT_LATEST = """
 INSERT INTO experiment_results_latest (experiment_id, version, result, computed_at)
@@ -157,9 +184,11 @@ async def load_definitions(experiment_ids: Sequence[str]) -> dict[str, Experimen
 def _state_from(row: Experiment, start_ms: int) -> ExperimentState:
     names = [v["name"] for v in row.definition["variants"]]
     weights = row.weights
-    return ExperimentState.new(
+    state = ExperimentState.new(
         row.definition, row.status, [weights.get(n, 0.0) for n in names], start_ms
     )
+    state.revision = row.revision
+    return state
 
 
 # --------------------------------------------------------------------------------------
@@ -331,7 +360,7 @@ async def process(valid: list[Valid]) -> None:
                 ts = min(int(v.payload["ts"]) for v in groups[exp])
                 states[exp] = _state_from(row, ts)
             else:
-                state.apply_definition(row.definition, row.status)
+                state.apply_definition(row.definition, row.status, row.revision)
 
     units: dict[str, _UnitSlot] = {}
     changed: set[str] = set()
@@ -390,6 +419,9 @@ async def process(valid: list[Valid]) -> None:
 
 def _pack(state: ExperimentState, partition: int) -> bytes:
     state.partition = partition  # also for the dirty scan after a rebalance
+    _remember_status(state.defn.experiment_id, state)
+    _set_active_gauge()
+    state.mark_ended(int(time.time() * 1000))
     return state.pack()
 
 
@@ -403,6 +435,8 @@ async def _apply_events(
     changed = False
     home = None if state is None else state.partition
     applied = [-1, -1] if state is None else list(state.offsets[:2])  # before this batch
+    exposure_ts = 0 if state is None else state.last_exposure_ts
+    held_any = False
     for v in events:
         slot = _slot_of_topic[v.topic]
         payload = v.payload
@@ -424,7 +458,11 @@ async def _apply_events(
                 EVENTS_DUPLICATE.labels(topic=v.topic, agent=AGENT).inc()
                 continue
             state.offsets[2] = v.offset
-            error = state.apply_definition(definition_payload(payload), payload["status"])
+            error = state.apply_definition(
+                definition_payload(payload),
+                payload["status"],
+                definition_revision(payload["event_id"]),
+            )
             if error:
                 await boundary.reject(v.event, "schema_violation", error)
             changed = True
@@ -432,7 +470,7 @@ async def _apply_events(
         if state is None:
             await boundary.reject(
                 v.event,
-                "schema_violation",
+                "unknown_experiment",
                 f"unknown experiment {exp!r}: no such definition in PostgreSQL "
                 "(create it with `loopwise experiments create` or POST /experiments)",
             )
@@ -442,6 +480,16 @@ async def _apply_events(
             continue
         state.offsets[slot] = v.offset
         changed = True  # offsets moved, even if the event is rejected below
+        if state.purged:
+            # Its units are gone: a late exposure would count a unit twice.
+            await boundary.reject(
+                v.event,
+                "other",
+                f"experiment {exp!r} is {state.status} and its unit records were deleted "
+                f"after LOOPWISE_EXPERIMENT_UNIT_RETENTION_S="
+                f"{settings.experiment_unit_retention_s:g} s; late events are not counted",
+            )
+            continue
         if state.status == "draft":
             await boundary.reject(
                 v.event,
@@ -465,6 +513,8 @@ async def _apply_events(
             outcome = state.apply_exposure(
                 unit, d.variants.index(variant), payload.get("covariate")
             )
+            if outcome == APPLIED:
+                EXPERIMENT_EXPOSURES.labels(experiment=exp, variant=variant).inc()
             state.observe_ts(int(payload["ts"]), exposure=True)
         else:
             metric = payload["metric"]
@@ -493,21 +543,80 @@ async def _apply_events(
                 value,
                 event_id_hash(payload["event_id"]),
                 settings.experiment_max_held_units,
+                ts=int(payload["ts"]),
+                source=_source(v),
             )
             if outcome == HOLD_LIMIT:
                 await boundary.reject(
                     v.event,
-                    "other",
+                    "unexposed_unit",
                     f"conversion of unit {payload['unit_id']!r}, which has no exposure in "
                     f"experiment {exp!r}: holding limit reached (16 per unit, "
                     f"LOOPWISE_EXPERIMENT_MAX_HELD_UNITS={settings.experiment_max_held_units} "
                     "units); is the exposure logged?",
                 )
                 continue
+            if outcome == HELD:
+                _held.add(exp, int(payload["ts"]), payload["unit_id"])
+                held_any = True
             state.observe_ts(int(payload["ts"]), exposure=False)
         if outcome == DUPLICATE:
             EVENTS_DUPLICATE.labels(topic=v.topic, agent=AGENT).inc()
+    if state is not None and (state.last_exposure_ts > exposure_ts or held_any):
+        # Exposures advanced, or a conversion came in already past the wait. Either way
+        # this batch moves the aggregate's offsets, so the expired units are written under
+        # the batch's mark like any other change.
+        await _expire_unexposed(exp, state, applied, units)
     return changed
+
+
+def _source(v: Valid) -> list[Any]:
+    """Coordinates and bytes of an input event, kept to dead-letter it later."""
+    msg = v.event.message
+    key = None if msg.key is None else base64.b64encode(msg.key).decode()
+    return [msg.topic, msg.partition, msg.offset, key, base64.b64encode(msg.value or b"").decode()]
+
+
+async def _dead_letter_held(entry: list[Any], kind: str, message: str) -> None:
+    """Dead-letter a held conversion from the bytes and coordinates kept with it; its id
+    comes from the coordinates, so a repeat after a crash is the same dead letter."""
+    topic_name, partition, offset, key, original = entry[4]
+    record = dead_letter(
+        raw=base64.b64decode(original),
+        topic=topic_name,
+        partition=partition,
+        offset=offset,
+        key=None if key is None else base64.b64decode(key),
+        kind=kind,
+        message=message,
+    )
+    await deadletter_topic.send(key=topic_name.encode(), value=encode(record))
+    DEAD_LETTERS.labels(topic=topic_name, reason=kind).inc()
+    log.info("dead letter %s:%d:%d %s: %s", topic_name, partition, offset, kind, message)
+
+
+async def _expire_unexposed(
+    exp: str, state: ExperimentState, applied: list[int], units: dict[str, _UnitSlot]
+) -> None:
+    """Dead-letter held conversions that the exposure stream has passed by the wait."""
+    wait_s = settings.experiment_unexposed_wait_s
+    before = state.last_exposure_ts - wait_s * 1000
+    assert state.partition is not None
+    for unit_id in _held.due(exp, before):
+        touched = unit_key(exp, unit_id) in units
+        unit = _unit(state, applied, exp, unit_id, state.partition, units)
+        expired = state.expire_held(unit, before)
+        if not expired and not touched:
+            del units[unit_key(exp, unit_id)]  # a stale entry: write nothing
+        for entry in expired:
+            await _dead_letter_held(
+                entry,
+                "unexposed_unit",
+                f"conversion of unit {unit_id!r} in experiment {exp!r}: no exposure of the "
+                f"unit arrived although exposures reached {wait_s:g} s (event time, "
+                "LOOPWISE_EXPERIMENT_UNEXPOSED_WAIT_S) past it; is the exposure logged? "
+                "(`loopwise dlq replay --reason unexposed_unit` counts it once it is)",
+            )
 
 
 def _unit(
@@ -546,7 +655,63 @@ def _owned(partition: int) -> bool:
         return False
 
 
-def _scan_dirty() -> None:
+_running: dict[str, int] = {}  # experiment id -> partition, running ones in the table
+
+
+def _remember_status(experiment_id: str, state: ExperimentState) -> None:
+    if state.status == "running" and state.partition is not None:
+        _running[experiment_id] = state.partition
+    else:
+        _running.pop(experiment_id, None)
+
+
+def _set_active_gauge() -> None:
+    # Owned partitions only, so that during a handover two workers never both count one.
+    EXPERIMENTS_ACTIVE.set(sum(1 for partition in _running.values() if _owned(partition)))
+
+
+def _scan_table() -> None:
+    """After a rebalance: the results owed, and the index of held conversions."""
+    _held.clear()
+    _running.clear()
+    aggregates: dict[str, ExperimentState | None] = {}
+    for key in list(experiments_table.data.keys()):
+        blob = experiments_table.data.get(key)
+        if not blob:
+            continue
+        if "|" not in key:
+            state = ExperimentState.unpack(blob)
+            _remember_status(key, state)
+            if state.dirty and state.partition is not None:
+                _pending.setdefault(key, state.partition)
+            continue
+        if not blob.startswith(b"[-1,"):
+            continue  # an exposed unit (its variant comes first) holds nothing
+        exp, unit_id = key.split("|", 1)  # experiment ids cannot contain "|"
+        if exp not in aggregates:
+            agg = experiments_table.data.get(exp)
+            aggregates[exp] = ExperimentState.unpack(agg) if agg else None
+        owner = aggregates[exp]
+        if owner is None:
+            continue
+        unit = Unit.unpack(blob, owner.offsets[:2], len(owner.defn.metrics))
+        for entry in [] if unit is None else unit.held:
+            if len(entry) >= 5:
+                _held.add(exp, int(entry[3]), unit_id)
+
+
+async def purge_ended(now_ms: int) -> int:
+    """Delete the unit records of experiments ended longer than the retention ago.
+
+    Tombstones go to the changelog on the experiment's partition; held conversions still
+    waiting for an exposure are dead-lettered first (``unexposed_unit``). The aggregate
+    (final statistics, result, decisions) stays and is marked ``purged``, so later events
+    of the experiment are refused instead of counting its units again. A crash part-way
+    leaves the aggregate unmarked: the next check deletes the rest. Returns the records
+    deleted. Called with the agent's lock held.
+    """
+    retention_ms = int(settings.experiment_unit_retention_s * 1000)
+    due = []
     for key in list(experiments_table.data.keys()):
         if "|" in key:
             continue
@@ -554,8 +719,43 @@ def _scan_dirty() -> None:
         if not blob:
             continue
         state = ExperimentState.unpack(blob)
-        if state.dirty and state.partition is not None:
-            _pending.setdefault(key, state.partition)
+        owner = state.partition
+        if owner is not None and state.purge_due(now_ms, retention_ms) and _owned(owner):
+            due.append((key, state))
+    deleted = 0
+    for exp, state in due:
+        assert state.partition is not None
+        prefix = f"{exp}|"
+        keys = [k for k in list(experiments_table.data.keys()) if k.startswith(prefix)]
+        n_metrics = len(state.defn.metrics)
+        for i, key in enumerate(keys):
+            blob = experiments_table.data.get(key)
+            if blob is not None and blob.startswith(b"[-1,"):
+                unit = Unit.unpack(blob, state.offsets[:2], n_metrics)
+                for entry in [] if unit is None else state.expire_held(unit, math.inf):
+                    await _dead_letter_held(
+                        entry,
+                        "unexposed_unit",
+                        f"conversion of unit {key[len(prefix) :]!r} in experiment {exp!r}: "
+                        f"the experiment is {state.status} and the unit was never exposed",
+                    )
+            delete(experiments_table, state.partition, key)
+            if (i + 1) % PURGE_CHUNK == 0:
+                await asyncio.sleep(0)
+        state.purged = True
+        state.count("purged_units", len(keys))
+        put(experiments_table, state.partition, exp, _pack(state, state.partition))
+        _held.drop(exp)
+        deleted += len(keys)
+        log.info(
+            "experiments: %s ended %.0f s ago; deleted its %d unit records",
+            exp,
+            (now_ms - (state.ended_ms or now_ms)) / 1000,
+            len(keys),
+        )
+    if deleted:
+        TABLE_KEYS.labels(table="experiments").set(len(experiments_table))
+    return deleted
 
 
 @app.on_rebalance_complete.connect
@@ -567,12 +767,19 @@ async def _after_rebalance(*args: Any, **kwargs: Any) -> None:
 @app.timer(FLUSH_EVERY_S, name=f"{settings.app_id}.experiments-flush")
 async def flush_pending() -> None:
     """Emit the results the rate limit deferred, once their interval has passed."""
-    global _scan_needed
+    global _scan_needed, _last_purge_check
     if app.rebalancing or not app.tables.recovery.completed.is_set():
         return
     if _scan_needed:
         _scan_needed = False
-        _scan_dirty()
+        _scan_table()
+        _set_active_gauge()
+    # A short retention (tests) is checked more often than the default's every 30 s.
+    every_s = min(PURGE_CHECK_EVERY_S, max(0.5, settings.experiment_unit_retention_s / 2))
+    if time.monotonic() - _last_purge_check >= every_s:
+        _last_purge_check = time.monotonic()
+        async with _lock:
+            await purge_ended(int(time.time() * 1000))
     if not _pending:
         return
     interval = settings.experiment_results_interval_s

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -55,7 +55,15 @@ from agents.learning.health import (
     process_results,
 )
 
-__all__ = ["EvalConfig", "EvalState", "WindowView", "evaluate_component"]
+__all__ = [
+    "EvalConfig",
+    "EvalState",
+    "InsightBook",
+    "WindowView",
+    "emit_insight",
+    "evaluate_component",
+    "resolve_insight",
+]
 
 STATISTICAL = frozenset({"trend", "opportunity", "underperformance"})
 
@@ -135,8 +143,17 @@ def _check_values(
     return out
 
 
-def _emit_insight(state: EvalState, ins: Insight, now_ms: int) -> dict[str, Any] | None:
-    """Record an insight in the active set; the pending output if it is new or changed."""
+class InsightBook(Protocol):
+    """What revision bookkeeping needs of a state: its active insights and their revisions
+    (per component here, per source key in :mod:`agents.insight_signals`)."""
+
+    active: dict[str, dict[str, Any]]
+    revs: dict[str, int]
+
+
+def emit_insight(state: InsightBook, ins: Insight, now_ms: int) -> dict[str, Any]:
+    """Record an insight in the active set; its output: a new revision (emitted) if it is new
+    or changed, else a refresh of its numbers in PostgreSQL (``emit`` false)."""
     prev = state.active.get(ins.insight_id)
     if prev is not None and prev["fp"] == ins.fingerprint:
         # Same finding: refresh its numbers in PostgreSQL, no new event.
@@ -153,7 +170,8 @@ def _emit_insight(state: EvalState, ins: Insight, now_ms: int) -> dict[str, Any]
     }
 
 
-def _resolve(state: EvalState, insight_id: str) -> dict[str, Any]:
+def resolve_insight(state: InsightBook, insight_id: str) -> dict[str, Any]:
+    """Drop an insight from the active set; its resolution (a new revision) as output."""
     rev = state.revs.get(insight_id, 0) + 1
     state.revs[insight_id] = rev
     state.active.pop(insight_id, None)
@@ -236,13 +254,13 @@ def evaluate_component(
             state.pending.append(out)
             hid = health_insight(alert, cfg.escalate_after)
             if hid is not None:
-                out = _emit_insight(state, hid, now_ms)
+                out = emit_insight(state, hid, now_ms)
                 if out is not None:
                     state.pending.append(out)
             elif alert.status == "resolved":
                 iid = stable_id("health", component, ALL, alert.metric)
                 if iid in state.active:
-                    state.pending.append(_resolve(state, iid))
+                    state.pending.append(resolve_insight(state, iid))
 
         # Statistical insights over the last trend_windows closed windows.
         last = state.evaluated_through
@@ -267,12 +285,12 @@ def evaluate_component(
         found_ids = set()
         for ins in found:
             found_ids.add(ins.insight_id)
-            out = _emit_insight(state, ins, now_ms)
+            out = emit_insight(state, ins, now_ms)
             if out is not None:
                 state.pending.append(out)
         for iid, meta in list(state.active.items()):
             if meta["kind"] in STATISTICAL and iid not in found_ids:
-                state.pending.append(_resolve(state, iid))
+                state.pending.append(resolve_insight(state, iid))
 
     interval = cfg.heartbeats.get(component)
     if interval and state.heartbeat_last > 0:
@@ -303,7 +321,7 @@ def _heartbeat(
         state.pending.append(_alert_output(resolved, state.heartbeat_last, now_ms))
         state.heartbeat_key = None
         if iid in state.active:
-            state.pending.append(_resolve(state, iid))
+            state.pending.append(resolve_insight(state, iid))
         return True
     level = policy.level_for(missed)
     key = f"{base}|warning|{level}"
@@ -315,7 +333,7 @@ def _heartbeat(
                   interval_s + cfg.heartbeat_grace_s, missed, key, due_ms / 1000.0)  # fmt: skip
     state.pending.append(_alert_output(alert, due_ms, now_ms))
     state.heartbeat_key = key
-    out = _emit_insight(state, heartbeat_insight(component, missed, interval_s), now_ms)
+    out = emit_insight(state, heartbeat_insight(component, missed, interval_s), now_ms)
     if out is not None:
         state.pending.append(out)
     return True

@@ -1,11 +1,13 @@
 """Optimization engine: goals with progress, candidate actions from insights, strategies (pure).
 
 Every active insight that recommends an action kind (see
-:data:`agents.insight_rules.ACTION_RISK`) is a *candidate*: its target is the component,
-its parameters come from the insight, its risk from the action kind, its expected impact
-from the insight's evidence (the relative decline to recover, or the gap to the rest of the
-component), weighted by priority (high 3, medium 2, low 1). A candidate serving an active
-goal that is behind schedule on the same (component, metric) is boosted 1.5×.
+:data:`agents.insight_rules.ACTION_RISK`) is a *candidate*: its target is the ``target`` of
+the insight's action parameters when it names one (the recommendation orchestrator for an
+algorithm, the experiment for its winner), else the component; its parameters come from the
+insight, its risk from the action kind, its expected impact from the insight's evidence (the
+relative decline to recover, the gap to the rest of the component or to the best algorithm,
+a winner's lift), weighted by priority (high 3, medium 2, low 1). A candidate serving an
+active goal that is behind schedule on the same (component, metric) is boosted 1.5×.
 
 A strategy filters and ranks the candidates:
 
@@ -178,6 +180,8 @@ def candidates(
     for row in insights:
         if not row.action_kind or row.action_kind not in ACTION_RISK:
             continue
+        params = dict(row.action_params)
+        target = params.pop("target", None) or row.component
         out.append(
             Candidate(
                 action_id=stable_id(
@@ -185,9 +189,9 @@ def candidates(
                 ),
                 insight_id=row.insight_id,
                 revision=row.revision,
-                target=row.component,
+                target=str(target),
                 kind=row.action_kind,
-                parameters=dict(row.action_params),
+                parameters=params,
                 recommended=row.recommended_action,
                 confidence=row.confidence,
                 risk=ACTION_RISK[row.action_kind],

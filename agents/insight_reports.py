@@ -175,10 +175,14 @@ def collect(conn: Any, dep: str, start_ms: int, end_ms: int) -> dict[str, Any]:
         " AND decided_at < %s ORDER BY decided_at", (dep, start, end)), [])  # fmt: skip
     raw["goals"] = _section(notes, "goals", lambda: list_goals(conn, dep), [])
     raw["tickets"] = _section(notes, "tickets", lambda: list_tickets(conn, dep), [])
+    # Only this deployment's experiments (their topic prefix, migration 008), like every
+    # other section: deployments may share a database.
     raw["experiments"] = _section(notes, "experiments", lambda: query(
-        "SELECT e.experiment_id, e.status, e.definition->>'primary_metric' AS primary_metric,"
-        " r.result FROM experiments e LEFT JOIN experiment_results_latest r"
-        " USING (experiment_id) ORDER BY e.experiment_id", ()), None)  # fmt: skip
+        "SELECT e.experiment_id, e.status,"
+        " COALESCE(e.definition->'primary_metric'->>'name', e.definition->>'primary_metric')"
+        " AS primary_metric, r.result FROM experiments e LEFT JOIN experiment_results_latest r"
+        " USING (experiment_id) WHERE e.deployment = %s ORDER BY e.experiment_id", (dep,)),
+        None)  # fmt: skip
     return raw
 
 
@@ -351,27 +355,33 @@ def _tickets(tickets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _experiments(rows: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """Per experiment the treatment with the best relative lift on the primary metric (from
+    the latest ``experiments.results`` comparisons) and its sequential decision."""
     if rows is None:
         return {"available": False, "items": []}
     items = []
     for r in rows:
-        result = r.get("result") or {}
-        variants = result.get("variants") if isinstance(result, Mapping) else None
+        result = r.get("result")
+        result = result if isinstance(result, Mapping) else {}
+        primary = result.get("primary_metric") or r.get("primary_metric")
+        comparisons = result.get("comparisons")
         best = None
-        if isinstance(variants, Sequence):
+        if isinstance(comparisons, Sequence):
             lifts = [
-                (v.get("relative_lift"), v.get("variant") or v.get("name"))
-                for v in variants
-                if isinstance(v, Mapping) and isinstance(v.get("relative_lift"), int | float)
+                (c["lift"], str(c.get("variant")), c.get("sequential_decision"))
+                for c in comparisons
+                if isinstance(c, Mapping)
+                and (c.get("role") == "primary" or c.get("metric") == primary)
+                and isinstance(c.get("lift"), int | float)
             ]
             if lifts:
-                best = max(lifts)
+                best = max(lifts, key=lambda x: x[0])
         items.append({
             "experiment_id": r.get("experiment_id"), "status": r.get("status"),
-            "primary_metric": r.get("primary_metric"),
+            "primary_metric": primary,
             "best_variant": None if best is None else best[1],
             "best_relative_lift": None if best is None else _num(best[0]),
-            "decision": result.get("decision") if isinstance(result, Mapping) else None,
+            "decision": None if best is None else best[2],
         })  # fmt: skip
     return {"available": True, "items": items}
 

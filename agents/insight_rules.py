@@ -62,6 +62,7 @@ ACTION_RISK = {
     "adjust_scoring_weights": "medium",
     "rollback_variant": "medium",
     "stop_experiment": "medium",
+    "promote_winner": "medium",
     "disable_algorithm": "high",
     "enable_algorithm": "medium",
     "other": "medium",

@@ -1,5 +1,7 @@
 """Agent ``insights``: windowed analytics, health, trends and insights from decisions and
-metrics (both keyed by component, so one component's windows live on one partition).
+metrics (both keyed by component, so one component's windows live on one partition); agent
+``insight-signals``: insights from the other agents' outputs (``weights.algorithms``,
+``experiments.results``, ``weights.scoring``).
 
 Per batch: validate (dead letters) → window of each event by its ``ts`` (length
 ``LOOPWISE_INSIGHTS_WINDOW_S``; events older than the retention are counted and skipped,
@@ -20,6 +22,11 @@ same ids. Batches and the timer share one lock.
 
 A timer on the leader runs the scheduled jobs of :mod:`agents.insight_jobs`: optimization
 cycles (actions), improvement tickets and their measurement, reports.
+
+``insight-signals`` validates its inputs at the same boundary (dead letters), applies each
+record to its key's state in the table ``insight_signals`` (:mod:`agents.insight_signals`:
+disabled and dominant algorithms, experiment winners, guardrail breaches and SRM, scoring
+weights stuck on the defaults) and writes the resulting insights like the evaluation does.
 """
 
 from __future__ import annotations
@@ -30,12 +37,19 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from faust.types import StreamT
+from faust.types import TP, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import Counter
 
 from agents.insight_eval import EvalConfig, EvalState, WindowView, evaluate_component
 from agents.insight_rules import ACTION_RISK
+from agents.insight_signals import (
+    KEY_FIELDS,
+    SignalConfig,
+    SignalState,
+    apply_signal,
+    latest_refreshes,
+)
 from agents.insight_windows import (
     TOPIC_SLOTS,
     WindowState,
@@ -73,6 +87,18 @@ boundary = Boundary(
 )
 _slot_of_topic = {settings.topic(n): TOPIC_SLOTS[n] for n in INPUTS}
 
+# The other agents' outputs: keyed by segment or experiment, not by component, so they have
+# their own agent and table (one value per source key, agents.insight_signals).
+SIGNALS_AGENT = "insight-signals"
+SIGNAL_INPUTS = tuple(KEY_FIELDS)
+signal_topic = topic(*SIGNAL_INPUTS)
+signal_boundary = Boundary(
+    SIGNALS_AGENT,
+    {settings.topic(n): EventDecoder(n, settings.max_message_bytes) for n in SIGNAL_INPUTS},
+    deadletter_topic,
+)
+_signal_of_topic = {settings.topic(n): n for n in SIGNAL_INPUTS}
+
 windows_table = app.Table(
     "insight_windows", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
 )
@@ -81,6 +107,10 @@ health_table = app.Table(
     "insight_health", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
 )
 health_table.value_serializer = "raw"
+signals_table = app.Table(
+    "insight_signals", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
+)
+signals_table.value_serializer = "raw"
 
 LATE_EVENTS = Counter(
     "loopwise_insights_late_events_total",
@@ -111,6 +141,13 @@ eval_config = EvalConfig(
     escalate_after=settings.insights_escalate_after,
     heartbeats=dict(settings.insights_heartbeats),
     heartbeat_grace_s=settings.insights_heartbeat_grace_s,
+)
+signal_config = SignalConfig(
+    dominant_prob=settings.insights_dominant_prob,
+    disable_ctr=settings.disable_ctr,
+    scoring_min_confidence=settings.choice_min_confidence,
+    scoring_min_sample=settings.choice_min_sample,
+    scoring_stuck_s=settings.insights_scoring_stuck_s,
 )
 
 UPSERT_WINDOW_SQL = """
@@ -167,6 +204,10 @@ class Local:
         self.states: dict[str, EvalState] = {}
         self.assignment: frozenset[int] = frozenset()
         self.lock = asyncio.Lock()
+        # (topic, partition) → highest offset processed, and since when a partition has been
+        # found behind the broker (see _catching_up)
+        self.processed: dict[tuple[str, int], int] = {}
+        self.behind_since: dict[int, int] = {}
 
     def add(self, st: WindowState) -> None:
         self.windows[st.component][st.start] = WindowView(
@@ -220,6 +261,8 @@ async def process(valid: list[Valid]) -> None:
     met_payloads: list[dict[str, Any]] = []
     order: list[WindowState] = []
     for v in valid:
+        tp_key = (v.topic, v.partition)
+        local.processed[tp_key] = max(local.processed.get(tp_key, -1), v.offset)
         p = v.payload
         ts = int(p["ts"])
         if ts > now + MAX_FUTURE_MS:
@@ -302,9 +345,9 @@ async def insights(stream: StreamT) -> None:
 # --------------------------------------------------------------------------- evaluation
 
 
-async def flush_pending(state: EvalState) -> None:
-    """Write a component's pending outputs: Redis, PostgreSQL, then the topics."""
-    pending = state.pending
+async def flush_outputs(pending: list[dict[str, Any]]) -> None:
+    """Write pending outputs (of a component or a signal key): Redis, PostgreSQL, then the
+    topics."""
     if not pending:
         return
     insight_rows, resolve_rows, alert_rows = [], [], []
@@ -348,6 +391,32 @@ async def flush_pending(state: EvalState) -> None:
     crash_point("after_output")
 
 
+def _catching_up(partition: int, now: int) -> bool:
+    """Whether to put off evaluating a partition's components: the broker holds events of the
+    partition (its high watermark) that this worker has not processed yet — a burst or a
+    backlog read in several batches. Closing windows and testing trends between those
+    batches would publish findings on part of the data and revise them moments later.
+
+    Put off for at most ``grace`` in a row, so a partition whose consumer never catches up
+    (or whose last event was dead-lettered, which ``process`` never sees) is still evaluated.
+    """
+    behind = False
+    for name in INPUTS:
+        tp = TP(settings.topic(name), partition)
+        done = local.processed.get((tp.topic, partition))
+        try:
+            highwater = app.consumer.highwater(tp)
+        except Exception:  # consumer not started or partition just revoked: no opinion
+            highwater = None
+        if highwater is not None and done is not None and done < highwater - 1:
+            behind = True
+    if not behind:
+        local.behind_since.pop(partition, None)
+        return False
+    since = local.behind_since.setdefault(partition, now)
+    return now - since < eval_config.grace_ms
+
+
 async def evaluate_local(now: int) -> None:
     assigned = _assigned_partitions()
     if assigned != local.assignment:
@@ -355,12 +424,12 @@ async def evaluate_local(now: int) -> None:
     components = set(local.windows) | set(local.states)
     for component in sorted(components):
         partition = local.partition_of.get(component)
-        if partition is None or partition not in assigned:
+        if partition is None or partition not in assigned or _catching_up(partition, now):
             continue
         state = local.states.get(component) or EvalState(component, partition=partition)
         state.partition = partition
         if state.pending:  # left by a crash between the table and the outputs
-            await flush_pending(state)
+            await flush_outputs(state.pending)
             state.pending = []
             put(health_table, partition, component, state.pack())
         views = list(local.windows.get(component, {}).values())
@@ -376,7 +445,7 @@ async def evaluate_local(now: int) -> None:
         put(health_table, partition, component, state.pack())
         crash_point("after_table")
         if state.pending:
-            await flush_pending(state)
+            await flush_outputs(state.pending)
             state.pending = []
             put(health_table, partition, component, state.pack())
     TABLE_KEYS.labels(table="insight_health").set(len(health_table))
@@ -403,6 +472,58 @@ async def leader_jobs() -> None:
     from agents import insight_jobs
 
     await insight_jobs.run_due(now_ms())
+
+
+# --------------------------------------------------------------------------- other agents
+
+
+async def process_signals(valid: list[Valid]) -> None:
+    """Insights from the other agents' outputs (:mod:`agents.insight_signals`).
+
+    Per key, new and changed insights and resolutions are written to the table with the
+    key's state *before* they are sent (as ``pending``) and cleared afterwards: a crash in
+    between leaves them in the table, and the replayed records (skipped by their version)
+    touch the key again and send them with the same ids. Refreshes of an unchanged insight's
+    numbers only update PostgreSQL and need no such care.
+    """
+    now = now_ms()
+    states: dict[str, SignalState] = {}
+    changed: set[str] = set()
+    outputs: list[dict[str, Any]] = []
+    for v in valid:
+        name = _signal_of_topic[v.topic]
+        subject = str(v.payload[KEY_FIELDS[name]])
+        key = f"{name}|{subject}"
+        st = states.get(key)
+        if st is None:
+            blob = signals_table.get(key)
+            st = SignalState.unpack(blob) if blob else SignalState(name, subject)
+            outputs += st.pending  # left by a crash: first, in their order
+            states[key] = st
+        st.partition = v.partition
+        produced = apply_signal(st, v.payload, now, signal_config)
+        if produced is None:
+            EVENTS_DUPLICATE.labels(topic=v.topic, agent=SIGNALS_AGENT).inc()
+            continue
+        changed.add(key)
+        outputs += produced
+        st.pending += [o for o in produced if o["type"] == "resolve" or o.get("emit")]
+    for key in changed:
+        put(signals_table, states[key].partition, key, states[key].pack())
+    crash_point("after_table")
+    await flush_outputs(latest_refreshes(outputs))
+    for key, st in states.items():
+        if st.pending:
+            st.pending = []
+            put(signals_table, st.partition, key, st.pack())
+    TABLE_KEYS.labels(table="insight_signals").set(len(signals_table))
+
+
+@app.agent(signal_topic, name=f"{settings.app_id}.insight-signals")
+async def insight_signals(stream: StreamT) -> None:
+    await signal_boundary.consume(
+        stream, process_signals, settings.batch_size, settings.batch_within_s
+    )
 
 
 # --------------------------------------------------------------------------- HTTP

@@ -7,7 +7,10 @@ loopwise produce TOPIC [FILE]    JSON lines from FILE or stdin, validated, keyed
 loopwise dlq show [--limit N]    dead letters with reason and source coordinates
 loopwise dlq replay [--reason R] re-send dead-lettered originals that are valid now
 loopwise config                  every setting, its environment variable and value
-loopwise experiments CMD         create FILE|-, list, show ID, start ID, stop ID, assign ID UNIT
+loopwise experiments CMD         create FILE|-, list, show ID, start ID, stop ID,
+                                 ramp ID --traffic F, assign ID UNIT
+loopwise state show KEY          latest state of a user, segment or experiment (JSON)
+loopwise lag [--json] [--watch N]  consumer-group lag per topic partition, with totals
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import IO, Any
 
 import orjson
 
-from streams import cli_choices, cli_insights
+from streams import cli_choices, cli_insights, cli_ops
 from streams.config import ConfigError, Settings, settings_table
 
 
@@ -122,12 +125,23 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     from streams.codecs import EventDecoder, Rejected
-    from streams.kafka_admin import producer
+    from streams.kafka_admin import producer, read_topic
     from streams.topics import resolve
 
     prod = producer(settings)
-    replayed = still_invalid = 0
-    for dl in _dead_letters(settings, args.limit):
+    read = replayed = still_invalid = 0
+    every = args.progress_every
+    # Streamed, not read into a list first, so progress shows while a large topic is read.
+    for _, value in read_topic(settings, settings.topic("deadletter"), args.limit):
+        if every and read and read % every == 0:  # after `read` letters were handled
+            print(
+                f"dlq replay: {read} dead letters read, {replayed} replayed, "
+                f"{still_invalid} still invalid",
+                file=sys.stderr,
+                flush=True,
+            )
+        read += 1
+        dl = orjson.loads(value)
         if args.reason and dl["error_kind"] != args.reason:
             continue
         src = dl["source"]
@@ -149,8 +163,13 @@ def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
         prod.produce(src["topic"], key=key, value=raw)
         prod.poll(0)
         replayed += 1
-    prod.flush(30)
-    print(f"replayed {replayed}; still invalid (left in place) {still_invalid}", file=sys.stderr)
+    remaining = prod.flush(30)
+    print(
+        f"read {read}; replayed {replayed}; still invalid (left in place) {still_invalid}",
+        file=sys.stderr,
+    )
+    if remaining:
+        return _fail(f"{remaining} replayed messages were not delivered within 30 s", 1)
     return 0
 
 
@@ -193,10 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=int, default=None)
     show.add_argument("--reason", default=None, help="only this error kind")
     show.set_defaults(func=cmd_dlq_show)
-    replay = dlq.add_parser("replay", help="re-send originals that validate now")
-    replay.add_argument("--limit", type=int, default=None)
-    replay.add_argument("--reason", default=None, help="only this error kind")
-    replay.add_argument("-v", "--verbose", action="store_true")
+    replay = dlq.add_parser(
+        "replay",
+        help="re-send originals that validate now",
+        description=(
+            "Read the dead-letter topic from the beginning and re-send each original (same key "
+            "and bytes) to its source topic if it passes validation now; the others stay where "
+            "they are. Run it after fixing the cause (a missing item, a late session). A second "
+            "run sends the originals again: agents drop event ids they have seen recently "
+            "(README, Delivery guarantees), and one that fails again is dead-lettered again."
+        ),
+    )
+    replay.add_argument("--limit", type=int, default=None, help="read at most N dead letters")
+    replay.add_argument(
+        "--reason", default=None, help="only this error kind (e.g. unknown_item, missing_session)"
+    )
+    replay.add_argument(
+        "--progress-every",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="print progress to stderr every N dead letters read (0: never; default 1000)",
+    )
+    replay.add_argument("-v", "--verbose", action="store_true", help="print each skipped letter")
     replay.set_defaults(func=cmd_dlq_replay)
 
     experiments = sub.add_parser("experiments", help="create, inspect, start, stop experiments")
@@ -212,12 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("show", "definition, decisions and latest result"),
         ("start", "draft -> running"),
         ("stop", "-> stopped (final)"),
+        ("ramp", "change the traffic fraction (units keep their variant)"),
         ("assign", "the variant of a unit, for other services"),
     ):
         command = exp.add_parser(name, help=text)
         command.add_argument("experiment_id")
-        if name == "stop":
+        if name in ("stop", "ramp"):
             command.add_argument("--reason", default=None)
+        if name == "ramp":
+            command.add_argument("--traffic", type=float, required=True, help="in (0, 1]")
         if name == "assign":
             command.add_argument("unit_id")
             for attr in ("device", "persona", "segment"):
@@ -225,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_choices.register(sub)
     cli_insights.register(sub)
+    cli_ops.register(sub)
     sub.add_parser("config", help="print settings").set_defaults(func=cmd_config)
     return parser
 

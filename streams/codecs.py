@@ -31,6 +31,8 @@ ERROR_KINDS = (
     "dimension_mismatch",
     "missing_session",
     "quarantined",
+    "unknown_experiment",
+    "unexposed_unit",
     "other",
 )
 

@@ -344,6 +344,39 @@ class Settings:
         check=_positive,
         expected="a positive number of seconds",
     )
+    bandit_half_life_s: float = _setting(
+        0.0,
+        "LOOPWISE_BANDIT_HALF_LIFE_S",
+        "discounted (non-stationary) algorithm posteriors: an impression's weight halves every"
+        " this many seconds of event time; 0 keeps stationary posteriors",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0 (0 = off)",
+    )
+    bandit_contextual: bool = _setting(
+        False,
+        "LOOPWISE_BANDIT_CONTEXTUAL",
+        "contextual mode: also learn a linear Thompson model per (segment, algorithm) over"
+        " user preference vectors, used by GET /users/{id}/strategy (needs item dim <= 64)",
+        parse=_parse_bool,
+        expected="on/off",
+    )
+    bandit_linear_lambda: float = _setting(
+        1.0,
+        "LOOPWISE_BANDIT_LINEAR_LAMBDA",
+        "contextual mode: ridge prior precision lambda of the linear models",
+        parse=float,
+        check=_positive,
+        expected="a positive number",
+    )
+    bandit_linear_v: float = _setting(
+        0.3,
+        "LOOPWISE_BANDIT_LINEAR_V",
+        "contextual mode: posterior scale v of linear Thompson sampling (about the reward noise)",
+        parse=float,
+        check=_positive,
+        expected="a positive number",
+    )
     exploration_rates: dict[str, float] = _setting(
         {"new": 0.30, "inactive": 0.20, "regular": 0.10, "power": 0.05},
         "LOOPWISE_EXPLORATION_RATES",
@@ -463,6 +496,23 @@ class Settings:
         parse=int,
         check=lambda v: v >= 0,
         expected="an integer >= 0",
+    )
+    experiment_unexposed_wait_s: float = _setting(
+        3600.0,
+        "LOOPWISE_EXPERIMENT_UNEXPOSED_WAIT_S",
+        "a held conversion is dead-lettered (unexposed_unit) once exposures are this far past "
+        "it in event time",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
+    experiment_unit_retention_s: float = _setting(
+        7 * 86400.0,
+        "LOOPWISE_EXPERIMENT_UNIT_RETENTION_S",
+        "unit records of a stopped or concluded experiment are deleted this long after it ended",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
     )
     choice_factors: tuple[str, ...] = _setting(
         ("price", "quality", "speed", "proximity", "capacity", "reliability"),
@@ -755,6 +805,22 @@ class Settings:
         check=_positive,
         expected="a positive integer",
     )
+    insights_dominant_prob: float = _setting(
+        0.95,
+        "LOOPWISE_INSIGHTS_DOMINANT_PROB",
+        "probability of being best that makes an algorithm a segment's dominant one (insight)",
+        parse=float,
+        check=lambda v: 0.5 < v <= 1,
+        expected="a number in (0.5, 1]",
+    )
+    insights_scoring_stuck_s: float = _setting(
+        3600.0,
+        "LOOPWISE_INSIGHTS_SCORING_STUCK_S",
+        "event time a segment's scoring weights may stay on the defaults before an insight",
+        parse=float,
+        check=lambda v: v >= 0,
+        expected="seconds >= 0",
+    )
     optimization_strategy: str = _setting(
         "balanced",
         "LOOPWISE_OPTIMIZATION_STRATEGY",
@@ -891,6 +957,9 @@ class Settings:
             )
         if self.segment_power_above < self.segment_new_below:
             errors.append("LOOPWISE_SEGMENT_POWER_ABOVE must be >= LOOPWISE_SEGMENT_NEW_BELOW")
+        if self.bandit_contextual and self.item_dim > 64:
+            # (d+1)² floats per (segment, algorithm) travel in every partial and weights event
+            errors.append("LOOPWISE_BANDIT_CONTEXTUAL needs LOOPWISE_ITEM_DIM <= 64")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             errors.append(f"REDIS_URL={self.redis_url!r}: expected redis://, rediss:// or unix://")
         if not self.database_url.startswith(("postgresql://", "postgres://")):

@@ -283,17 +283,22 @@ def _jsonb(value: Any) -> Any:
     return Jsonb(value, dumps=lambda v: orjson.dumps(v).decode())
 
 
-def create(conn: Any, definition: Mapping[str, Any]) -> Experiment:
-    """Insert a validated definition (its ``status`` becomes the row's status)."""
+def create(conn: Any, definition: Mapping[str, Any], deployment: str | None = None) -> Experiment:
+    """Insert a validated definition (its ``status`` becomes the row's status).
+
+    ``deployment`` (the topic prefix) scopes the row like the insights rows, so a
+    deployment's report lists only its own experiments (migration 008).
+    """
     defn = {k: v for k, v in definition.items() if k != "status"}
     status = definition.get("status", "draft")
     with conn.transaction():
         row = conn.execute(
-            f"""INSERT INTO experiments (experiment_id, definition, status, started_at)
-                VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END)
+            f"""INSERT INTO experiments
+                    (experiment_id, definition, status, started_at, deployment)
+                VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END, %s)
                 ON CONFLICT (experiment_id) DO NOTHING
                 RETURNING {_COLUMNS}""",
-            (defn["experiment_id"], _jsonb(defn), status, status),
+            (defn["experiment_id"], _jsonb(defn), status, status, deployment),
         ).fetchone()
     if row is None:
         raise Conflict(f"experiment {defn['experiment_id']!r} already exists")
@@ -358,6 +363,94 @@ def transition(
             (to_status, to_status, to_status, reason, experiment_id),
         ).fetchone()
     return Experiment.from_row(updated)
+
+
+RAMPABLE = frozenset({"draft", "running"})
+
+
+def check_traffic(traffic: Any) -> float:
+    """The traffic fraction as a float, or DefinitionError naming the field.
+
+    >>> check_traffic(0.25)
+    0.25
+    >>> try:
+    ...     check_traffic(0)
+    ... except DefinitionError as exc:
+    ...     print(exc.errors[0])
+    traffic: 0 must be a number in (0, 1] (a traffic fraction; stop the experiment to end it)
+    """
+    if not (_is_number(traffic) and math.isfinite(traffic) and 0 < traffic <= 1):
+        raise DefinitionError(
+            [
+                f"traffic: {traffic!r} must be a number in (0, 1] (a traffic fraction; stop "
+                "the experiment to end it)"
+            ]
+        )
+    return float(traffic)
+
+
+def ramp(conn: Any, experiment_id: str, traffic: Any, reason: str | None = None) -> Experiment:
+    """Change the traffic fraction of a draft or running experiment (row-locked).
+
+    The new definition gets a new revision and the change a row of ``experiment_changes``,
+    in one transaction. Assignment stays sticky (docs/assignment.md): the traffic gate uses
+    its own hash, so ramping up only adds units and ramping down only removes the units
+    above the new fraction; no unit that stays in changes variant. The same fraction again
+    changes nothing (no new revision).
+    """
+    fraction = check_traffic(traffic)
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT status, definition FROM experiments WHERE experiment_id = %s FOR UPDATE",
+            (experiment_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no experiment {experiment_id!r}")
+        status, definition = row
+        if status not in RAMPABLE:
+            raise Conflict(
+                f"experiment {experiment_id!r} is {status}: its traffic cannot change "
+                "(only a draft or running experiment can be ramped)"
+            )
+        before = float(definition.get("traffic_fraction", 1.0))
+        if before == fraction:
+            current = get(conn, experiment_id)
+            assert current is not None
+            return current
+        updated = conn.execute(
+            f"""UPDATE experiments SET
+                    definition = jsonb_set(
+                        definition, '{{traffic_fraction}}', to_jsonb(%s::float8)),
+                    revision = revision + 1, updated_at = now()
+                WHERE experiment_id = %s
+                RETURNING {_COLUMNS}""",
+            (fraction, experiment_id),
+        ).fetchone()
+        experiment = Experiment.from_row(updated)
+        conn.execute(
+            """INSERT INTO experiment_changes
+                   (experiment_id, revision, kind, before, after, reason)
+               VALUES (%s, %s, 'traffic', %s, %s, %s)""",
+            (
+                experiment_id,
+                experiment.revision,
+                _jsonb({"traffic_fraction": before}),
+                _jsonb({"traffic_fraction": fraction}),
+                reason,
+            ),
+        )
+    return experiment
+
+
+def changes(conn: Any, experiment_id: str) -> list[dict[str, Any]]:
+    """The experiment's recorded definition changes, oldest first."""
+    rows = conn.execute(
+        """SELECT revision, kind, before, after, reason, changed_at FROM experiment_changes
+           WHERE experiment_id = %s ORDER BY revision""",
+        (experiment_id,),
+    ).fetchall()
+    keys = ("revision", "kind", "before", "after", "reason")
+    return [{**dict(zip(keys, r[:5], strict=True)), "changed_at": r[5].isoformat()} for r in rows]
 
 
 def latest_result(conn: Any, experiment_id: str) -> tuple[int, dict[str, Any]] | None:
@@ -502,7 +595,9 @@ def run_cli(settings: Any, args: Any) -> int:
     try:
         if command == "create":
             definition = validate_definition(_read_definition(args.file))
-            experiment = with_connection(settings, lambda conn: create(conn, definition))
+            experiment = with_connection(
+                settings, lambda conn: create(conn, definition, settings.topic_prefix)
+            )
             announce_sync(settings, experiment)
             _print_json(experiment.to_dict())
             print(f"created {experiment.experiment_id} ({experiment.status})", file=sys.stderr)
@@ -525,6 +620,7 @@ def run_cli(settings: Any, args: Any) -> int:
                 return {
                     **experiment.to_dict(),
                     "decisions": decisions(conn, args.experiment_id),
+                    "changes": changes(conn, args.experiment_id),
                     "result": latest_result_sync(settings, conn, args.experiment_id),
                 }
 
@@ -540,6 +636,16 @@ def run_cli(settings: Any, args: Any) -> int:
             )
             announce_sync(settings, experiment)
             print(f"{experiment.experiment_id}: {experiment.status}")
+        elif command == "ramp":
+            experiment = with_connection(
+                settings,
+                lambda conn: ramp(conn, args.experiment_id, args.traffic, args.reason),
+            )
+            announce_sync(settings, experiment)
+            traffic = experiment.definition["traffic_fraction"]
+            print(
+                f"{experiment.experiment_id}: traffic {traffic:g} (revision {experiment.revision})"
+            )
         elif command == "assign":
             experiment = with_connection(settings, lambda conn: get(conn, args.experiment_id))
             if experiment is None:

@@ -110,6 +110,17 @@ AGENT_ERRORS = Counter(
     ["agent"],
     registry=REGISTRY,
 )
+EXPERIMENTS_ACTIVE = Gauge(
+    "loopwise_experiments_active",
+    "Running experiments owned by this worker (sum over workers for the deployment)",
+    registry=REGISTRY,
+)
+EXPERIMENT_EXPOSURES = Counter(
+    "loopwise_experiment_exposures_total",
+    "Units exposed to an experiment for the first time, by experiment and variant",
+    ["experiment", "variant"],
+    registry=REGISTRY,
+)
 
 
 def exposition() -> bytes:

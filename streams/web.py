@@ -43,7 +43,19 @@ async def readiness() -> dict[str, bool]:
 @app.page("/health")
 class Health(View):
     async def get(self, request: Request) -> Response:
-        return self.json({"status": "ok", "uptime_s": round(time.time() - _started, 1)})
+        # The input partitions this worker owns now: operators (and the scale-out test) see
+        # partitions move between workers.
+        assigned: dict[str, list[int]] = {}
+        for tp in app.consumer.assignment():
+            if not tp.topic.endswith("-changelog") and not tp.topic.endswith("__leader"):
+                assigned.setdefault(tp.topic, []).append(tp.partition)
+        return self.json(
+            {
+                "status": "ok",
+                "uptime_s": round(time.time() - _started, 1),
+                "assigned": {topic: sorted(parts) for topic, parts in sorted(assigned.items())},
+            }
+        )
 
 
 @app.page("/ready")

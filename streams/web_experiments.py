@@ -6,10 +6,13 @@
 ``GET  /experiments/{id}``                 definition, status, weights, decisions
 ``POST /experiments/{id}/start``           draft → running (bearer token)
 ``POST /experiments/{id}/stop``            → stopped (bearer token; optional {"reason"})
+``POST /experiments/{id}/ramp``            {"traffic": F, "reason"?}: new traffic fraction of a
+                                           draft or running experiment (bearer token)
 ``GET  /experiments/{id}/results``         latest result: Redis, else PostgreSQL
 ``GET  /experiments/{id}/assign?unit=U``   the unit's variant (``device``, ``persona``,
                                            ``segment`` are checked against the targeting)
-``GET  /state/experiments/{id}``           the agent's table value on this worker (404 elsewhere)
+``GET  /state/experiments/{id}``           the agent's table value on this worker (404 elsewhere),
+                                           with its number of unit records (a scan: operators' use)
 =========================================  ==================================================
 
 Mutating endpoints need ``Authorization: Bearer $LOOPWISE_API_TOKEN``; without a configured
@@ -99,7 +102,9 @@ class ExperimentsView(_ExperimentView):
         async def handle() -> Response:
             _check_token(request)
             definition = store.validate_definition(await _read_json(request))
-            experiment = await _db(lambda conn: store.create(conn, definition))
+            experiment = await _db(
+                lambda conn: store.create(conn, definition, settings.topic_prefix)
+            )
             announced = await _announce(experiment)
             return self.json({**experiment.to_dict(), "announced": announced}, status=201)
 
@@ -119,7 +124,8 @@ class ExperimentView(_ExperimentView):
         async def handle() -> Response:
             experiment = await _get_experiment(experiment_id)
             decisions = await _db(lambda conn: store.decisions(conn, experiment_id))
-            return self.json({**experiment.to_dict(), "decisions": decisions})
+            changes = await _db(lambda conn: store.changes(conn, experiment_id))
+            return self.json({**experiment.to_dict(), "decisions": decisions, "changes": changes})
 
         return await self._run(handle)
 
@@ -152,6 +158,26 @@ class StartView(_TransitionView):
 @app.page("/experiments/{experiment_id}/stop")
 class StopView(_TransitionView):
     to_status = "stopped"
+
+
+@app.page("/experiments/{experiment_id}/ramp")
+class RampView(_ExperimentView):
+    async def post(self, request: Request, experiment_id: str) -> Response:
+        async def handle() -> Response:
+            _check_token(request)
+            body = await _read_json(request)
+            if not isinstance(body, dict) or "traffic" not in body:
+                raise _HTTPError(400, {"errors": ["traffic: required (a number in (0, 1])"]})
+            reason = body.get("reason")
+            if reason is not None and not isinstance(reason, str):
+                raise _HTTPError(400, {"errors": ["reason: must be a string"]})
+            traffic = store.check_traffic(body["traffic"])
+            experiment = await _db(lambda conn: store.ramp(conn, experiment_id, traffic, reason))
+            _assign_cache.pop(experiment_id, None)
+            announced = await _announce(experiment)
+            return self.json({**experiment.to_dict(), "announced": announced})
+
+        return await self._run(handle)
 
 
 async def latest_result(experiment_id: str) -> bytes | None:
@@ -216,11 +242,17 @@ class ExperimentStateView(View):
             return self.json({"experiment_id": experiment_id, "found": False}, status=404)
         state = ExperimentState.unpack(blob)
         d = state.defn
+        prefix = f"{experiment_id}|"
+        unit_records = sum(
+            1 for key in list(experiments_table.data.keys()) if key.startswith(prefix)
+        )
         return self.json(
             {
                 "experiment_id": experiment_id,
                 "found": True,
                 "status": state.status,
+                "revision": state.revision,
+                "traffic_fraction": d.traffic,
                 "offsets": state.offsets,
                 "units": dict(zip(d.variants, state.units(), strict=True)),
                 "periods": len(state.periods),
@@ -230,5 +262,8 @@ class ExperimentStateView(View):
                 "rolled_back": state.rolled_back,
                 "actions": sorted(state.actions),
                 "dirty": state.dirty,
+                "unit_records": unit_records,
+                "ended_ms": state.ended_ms,
+                "purged": state.purged,
             }
         )

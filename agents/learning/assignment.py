@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -51,6 +52,8 @@ _TRAFFIC_SALT = "traffic"
 _VARIANT_SALT = "variant:"
 _TWO_POW_MINUS_53 = 2.0**-53
 _sha256 = hashlib.sha256
+# The first 8 digest bytes as a big-endian integer, without slicing a new bytes object.
+_first_u64 = struct.Struct(">Q").unpack_from
 
 
 def _check_id(name: str, value: str) -> None:
@@ -241,13 +244,13 @@ class Assigner:
             sha(self._traffic_prefix + unit).digest() >= self._traffic_limit
         ):
             return None
-        from_bytes = int.from_bytes
+        first_u64 = _first_u64
         log = math.log
         best_name = None
         best_score = math.inf
         for prefix, weight, name in self._items:
-            x = from_bytes(sha(prefix + unit).digest()[:8], "big") >> 11
-            score = -log(1.0 - x * _TWO_POW_MINUS_53) / weight
+            (x,) = first_u64(sha(prefix + unit).digest())
+            score = -log(1.0 - (x >> 11) * _TWO_POW_MINUS_53) / weight
             if score < best_score or best_name is None:
                 best_score = score
                 best_name = name

@@ -32,11 +32,13 @@ from agents.learning.assignment import assign
 from schemas.registry import get_schema
 from streams.config import REPO_ROOT
 from streams.harness import Deployment, Worker
+from streams.kafka_admin import read_topic
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "it-secret-token"
 T0 = 1_767_225_600_000
+RETENTION_S = 30
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "") -> Any:
@@ -58,13 +60,21 @@ def dep(log_dir: Path) -> Iterator[Deployment]:
         LOOPWISE_API_MAX_BODY_BYTES="8192",
         LOOPWISE_EXPERIMENT_RESULTS_INTERVAL_S="0.5",
         LOOPWISE_BATCH_SIZE="1000",
+        # event time: held conversions wait 60 s of exposures; bandit periods last 60 s
+        LOOPWISE_EXPERIMENT_UNEXPOSED_WAIT_S="60",
+        LOOPWISE_EXPERIMENT_REALLOC_INTERVAL_S="60",
+        # wall clock: long enough for every stream here to be read before a purge
+        LOOPWISE_EXPERIMENT_UNIT_RETENTION_S=str(RETENTION_S),
     )
     deployment.create_topics()
     worker = deployment.start_worker()
     yield deployment
     forget(
         deployment,
-        *(f"{name}-{deployment.run_id}" for name in ("cli", "http", "ab", "aa", "guard")),
+        *(
+            f"{name}-{deployment.run_id}"
+            for name in ("cli", "http", "ab", "aa", "guard", "ramp", "ghost", "purge", "bandit")
+        ),
     )
     crashed = not worker.alive()
     deployment.stop()
@@ -477,13 +487,13 @@ def test_invalid_experiment_events_are_dead_lettered_with_reasons(
     )
     messages = [(d["error_kind"], d["error_message"]) for d in letters]
     expected = [
-        "variant 'purple' is not a variant of experiment",
-        "unknown experiment 'no-such-exp'",
-        "metric 'revenue' is not the primary metric or a guardrail",
-        "is binary: value must be 0 or 1, not 2.5",
+        ("schema_violation", "variant 'purple' is not a variant of experiment"),
+        ("unknown_experiment", "unknown experiment 'no-such-exp'"),
+        ("schema_violation", "metric 'revenue' is not the primary metric or a guardrail"),
+        ("schema_violation", "is binary: value must be 0 or 1, not 2.5"),
     ]
-    for text in expected:
-        assert any(kind == "schema_violation" and text in m for kind, m in messages), messages
+    for want, text in expected:
+        assert any(kind == want and text in m for kind, m in messages), messages
     originals = {base64.b64decode(d["original"]) for d in letters}
     assert any(b"purple" in o for o in originals)
 
@@ -527,3 +537,274 @@ def test_guardrail_harm_rolls_the_variant_back(dep: Deployment, streamed: dict[s
         for i in range(60)
     }
     assert seen == {"control", "a"}
+
+
+# --------------------------------------------------------------------------------------
+# Traffic ramps, unexposed conversions, unit retention, bandit reallocation
+# --------------------------------------------------------------------------------------
+
+
+def agent_state(dep: Deployment, exp: str) -> dict[str, Any] | None:
+    status, body = dep.workers[0].get_json(f"/state/experiments/{exp}")
+    return body if status == 200 else None
+
+
+def assigned(worker: Worker, exp: str, units: list[str]) -> dict[str, str | None]:
+    return {
+        u: http(worker, "GET", f"/experiments/{exp}/assign?unit={u}", token=None)[1]["variant"]
+        for u in units
+    }
+
+
+def test_ramp_changes_traffic_keeps_variants_records_and_announces(dep: Deployment) -> None:
+    w = dep.workers[0]
+    exp = f"ramp-{dep.run_id}"
+    assert http(w, "POST", "/experiments", definition(exp, traffic_fraction=0.2))[0] == 201
+    # Data first, so that the agent holds the experiment and must follow the announcements.
+    truth = Truth(exp, ["control", "treatment"])
+    dep.produce(
+        "experiments.exposures",
+        [truth.exposure(0, "seed-unit", "control", f"{exp}-x0")],
+        key_field="experiment_id",
+    )
+    wait_for(lambda: agent_state(dep, exp), what="the agent to hold the experiment")
+
+    units = [f"ramp-unit-{i}" for i in range(150)]
+    low = assigned(w, exp, units)
+    ramped = cli(dep, "ramp", exp, "--traffic", "0.6", "--reason", "ramp up")
+    assert ramped.returncode == 0, ramped.stderr.decode()
+    assert ramped.stdout.decode().strip() == f"{exp}: traffic 0.6 (revision 2)"
+    time.sleep(2.5)  # the worker's assignment cache (2 s) knows nothing of the CLI
+    high = assigned(w, exp, units)
+    before_in = {u for u, v in low.items() if v}
+    assert before_in and all(high[u] == low[u] for u in before_in)  # nobody changed variant
+    assert len([v for v in high.values() if v]) > len(before_in)
+
+    assert http(w, "POST", f"/experiments/{exp}/ramp", {"traffic": 0.3}, token=None)[0] == 401
+    status, body = http(w, "POST", f"/experiments/{exp}/ramp", {"traffic": 0})
+    assert status == 400 and body["errors"][0].startswith("traffic: 0 must be a number in (0, 1]")
+    assert http(w, "POST", f"/experiments/{exp}/ramp", {"reason": "x"})[0] == 400
+    status, body = http(w, "POST", f"/experiments/{exp}/ramp", {"traffic": 0.3})
+    assert status == 200 and body["revision"] == 3 and body["announced"] is True
+    assert body["definition"]["traffic_fraction"] == 0.3
+    mid = assigned(w, exp, units)  # the HTTP ramp cleared the cache
+    kept = {u for u, v in mid.items() if v}
+    assert kept <= {u for u, v in high.items() if v}
+    assert all(mid[u] == high[u] for u in kept)
+
+    rows = pg(
+        dep,
+        "SELECT revision, kind, before, after, reason FROM experiment_changes "
+        "WHERE experiment_id = %s ORDER BY revision",
+        exp,
+    )
+    assert rows == [
+        (2, "traffic", {"traffic_fraction": 0.2}, {"traffic_fraction": 0.6}, "ramp up"),
+        (3, "traffic", {"traffic_fraction": 0.6}, {"traffic_fraction": 0.3}, None),
+    ]
+    status, shown = http(w, "GET", f"/experiments/{exp}", token=None)
+    assert [c["revision"] for c in shown["changes"]] == [2, 3]
+    announced = of(dep, "experiments.definitions", exp)
+    assert [(e["event_id"], e["traffic_fraction"]) for e in announced] == [
+        (f"def:{exp}:1", 0.2),
+        (f"def:{exp}:2", 0.6),
+        (f"def:{exp}:3", 0.3),
+    ]
+    held = wait_for(
+        lambda: (s := agent_state(dep, exp)) and s["revision"] == 3 and s,
+        what="the agent to apply the ramp announcements",
+    )
+    assert held["traffic_fraction"] == 0.3 and held["periods"] == 1
+
+    assert cli(dep, "stop", exp).returncode == 0
+    refused = cli(dep, "ramp", exp, "--traffic", "0.5")
+    assert refused.returncode == 1 and b"its traffic cannot change" in refused.stderr
+    assert http(w, "POST", f"/experiments/{exp}/ramp", {"traffic": 0.5})[0] == 409
+    assert http(w, "POST", "/experiments/no-such-exp/ramp", {"traffic": 0.5})[0] == 404
+
+
+def test_conversions_of_units_never_exposed_are_dead_lettered_after_the_wait(
+    dep: Deployment,
+) -> None:
+    w = dep.workers[0]
+    exp = f"ghost-{dep.run_id}"
+    assert http(w, "POST", "/experiments", definition(exp))[0] == 201
+    truth = Truth(exp, ["control", "treatment"])
+    s = 1000 // 50  # Truth.exposure(i) is at T0 + 50 ms * i: i = s * seconds
+
+    def exposure(seconds: int, unit: str) -> dict[str, Any]:
+        variant = assign(exp, unit, ["control", "treatment"], [1.0, 1.0])
+        return truth.exposure(seconds * s, unit, variant, f"{exp}-x-{unit}")
+
+    def conversion(seconds: int, unit: str) -> dict[str, Any]:
+        return truth.conversion(seconds * s, unit, f"{exp}-c-{unit}", "conversion", 1)
+
+    first = [exposure(2 * i, f"u{i}") for i in range(50)]  # 0 .. 98 s
+    dep.produce("experiments.exposures", first, key_field="experiment_id")
+    wait_for(lambda: (x := agent_state(dep, exp)) and sum(x["units"].values()) == 50, what="50")
+    # 10 s: exposures are already 88 s past it (> 60 s): dead-lettered at once.
+    # 150 s: ahead of the exposures, held. "late" is held until its exposure comes.
+    ghosts = [conversion(10, "ghost-a"), conversion(150, "ghost-b"), conversion(150, "ghost-c")]
+    dep.produce(
+        "experiments.conversions", [*ghosts, conversion(160, "late")], key_field="experiment_id"
+    )
+    wait_for(
+        lambda: (x := agent_state(dep, exp)) and x["counters"].get("held_units") == 3,
+        what="three held units",
+    )
+    second = [exposure(155, "late"), *(exposure(200 + 6 * i, f"v{i}") for i in range(11))]
+    dep.produce("experiments.exposures", second, key_field="experiment_id")
+
+    def settled() -> dict[str, Any] | None:
+        r = redis_result(dep, exp)
+        ok = r and r["total_units"] == 62 and r["srm"]["unexposed_conversions"] == 3
+        return r if ok else None
+
+    r = wait_for(settled, what="the expired conversions in the result")
+    assert r["srm"]["held_units"] == 0
+    assert sum(v["conversions"] for v in r["variants"]) == 1  # "late" counts
+    letters = wait_for(
+        lambda: [
+            d
+            for d in dep.read("deadletter")
+            if d["error_kind"] == "unexposed_unit" and f"experiment '{exp}'" in d["error_message"]
+        ],
+        what="unexposed_unit dead letters",
+    )
+    originals = sorted(orjson.loads(base64.b64decode(d["original"]))["unit_id"] for d in letters)
+    assert originals == ["ghost-a", "ghost-b", "ghost-c"]
+    assert all(d["source"]["topic"] == dep.topic("experiments.conversions") for d in letters)
+    assert all("LOOPWISE_EXPERIMENT_UNEXPOSED_WAIT_S" in d["error_message"] for d in letters)
+
+
+def test_unit_records_of_an_ended_experiment_are_deleted_after_the_retention(
+    dep: Deployment,
+) -> None:
+    w = dep.workers[0]
+    exp = f"purge-{dep.run_id}"
+    assert http(w, "POST", "/experiments", definition(exp))[0] == 201
+    truth = make_truth(exp, {"control": 0.2, "treatment": 0.2}, 40, seed=3)
+    stream(dep, [truth])
+    r = final_result(dep, truth)
+    assert r["srm"]["held_units"] == truth.held_units  # the 20 never-exposed units
+    held = agent_state(dep, exp)
+    assert held is not None and held["unit_records"] == 40 + truth.held_units
+    assert cli(dep, "stop", exp).returncode == 0
+    stopped = wait_for(
+        lambda: (x := agent_state(dep, exp)) and x["ended_ms"] and x, what="the stop"
+    )
+    assert stopped["unit_records"] == 40 + truth.held_units and not stopped["purged"]
+
+    purged = wait_for(
+        lambda: (x := agent_state(dep, exp)) and x["purged"] and x,
+        timeout_s=RETENTION_S + 60,
+        what="the unit records to be purged",
+    )
+    assert purged["unit_records"] == 0
+    assert purged["counters"]["purged_units"] == 40 + truth.held_units
+    assert purged["units"] == {"control": truth.n["control"], "treatment": truth.n["treatment"]}
+    assert purged["ended_ms"] == stopped["ended_ms"]  # the retention clock never restarts
+    # tombstones on the changelog, so a restarted worker does not bring the units back
+    changelog = f"{dep.settings.app_id}-experiments-changelog"
+    latest: dict[bytes, bytes | None] = {}
+    for key, value in read_topic(dep.settings, changelog, timeout_s=3.0):
+        if key is not None and f"{exp}|".encode() in key:
+            latest[key] = value
+    assert len(latest) == 40 + truth.held_units and all(v is None for v in latest.values())
+    # the held conversions of never-exposed units went to the dead-letter topic
+    letters = [
+        d
+        for d in dep.read("deadletter")
+        if d["error_kind"] == "unexposed_unit" and f"experiment '{exp}'" in d["error_message"]
+    ]
+    assert len(letters) == truth.held_units
+    assert all("never exposed" in d["error_message"] for d in letters)
+    # late events are refused instead of counting purged units again
+    late = truth.exposure(99, f"{exp}-u1", "control", f"{exp}-late")
+    dep.produce("experiments.exposures", [late], key_field="experiment_id")
+    refused = wait_for(
+        lambda: [
+            d
+            for d in dep.read("deadletter")
+            if f"{exp}-late" in base64.b64decode(d["original"]).decode()
+        ],
+        what="the late exposure's dead letter",
+    )
+    assert "unit records were deleted" in refused[0]["error_message"]
+    assert agent_state(dep, exp)["unit_records"] == 0  # type: ignore[index]
+
+
+def test_bandit_allocation_shifts_toward_the_known_winner(dep: Deployment) -> None:
+    """A closed loop: each round of 60 s (event time, the period) is assigned with the
+    weights the agent published, and the agent reallocates after each round."""
+    w = dep.workers[0]
+    exp = f"bandit-{dep.run_id}"
+    names = ["control", "a", "b"]
+    rates = {"control": 0.05, "a": 0.05, "b": 0.15}
+    d = definition(
+        exp,
+        variants=[{"name": n, "weight": 1} for n in names],
+        allocation_mode="bandit",
+        allocation_floor=0.05,
+        burn_in=100,
+        min_runtime_seconds=10**7,  # never stop: this test is about the allocation
+    )
+    assert http(w, "POST", "/experiments", d)[0] == 201
+    truth = Truth(exp, names)
+    rng = np.random.default_rng(23)
+    period_ms, per_round, rounds = 60_000, 1500, 4
+    start, units, conversions = T0, 0, 0
+    weights = [1 / 3] * 3
+    shares = []
+    for r in range(rounds):
+        exposures, converted = [], []
+        for i in range(per_round + 1):
+            unit = f"{exp}-r{r}-u{i}"
+            variant = assign(exp, unit, names, weights)
+            assert variant is not None
+            # the last exposure of a round is past the period: it triggers the reallocation
+            ts = start + (period_ms + 500 if i == per_round else i * 57_000 // per_round)
+            ev = truth.exposure(0, unit, variant, f"{exp}-x-{r}-{i}")
+            exposures.append({**ev, "ts": ts})
+            if rng.random() < rates[variant]:
+                c = truth.conversion(0, unit, f"{exp}-c-{r}-{i}", "conversion", 1)
+                converted.append({**c, "ts": ts + 20})
+        shares.append(sum(e["variant"] == "b" for e in exposures) / len(exposures))
+        dep.produce("experiments.exposures", exposures, key_field="experiment_id")
+        dep.produce("experiments.conversions", converted, key_field="experiment_id")
+        units += len(exposures)
+        conversions += len(converted)
+        start = exposures[-1]["ts"] + 500
+
+        def seen(want_units: int = units, want_conv: int = conversions) -> dict | None:
+            x = redis_result(dep, exp)
+            if x is None or x["total_units"] != want_units:
+                return None
+            return x if sum(v["conversions"] for v in x["variants"]) == want_conv else None
+
+        result = wait_for(seen, what=f"round {r} processed")
+        weights = [v["allocation"] for v in result["variants"]]
+
+    decisions = pg(
+        dep,
+        "SELECT action_id, parameters FROM experiment_decisions "
+        "WHERE experiment_id = %s AND kind = 'reallocate_traffic' ORDER BY decided_at",
+        exp,
+    )
+    assert decisions and decisions[0][0] == f"realloc:{exp}:1"
+    last = decisions[-1][1]["weights"]
+    assert last == pytest.approx(weights)
+    (stored,) = pg(dep, "SELECT current_weights FROM experiments WHERE experiment_id = %s", exp)
+    assert [stored[0][n] for n in names] == pytest.approx(weights)
+    print(f"bandit: allocation after {rounds} rounds {dict(zip(names, weights, strict=True))}, "
+          f"share of b per round {[round(x, 3) for x in shares]}")  # fmt: skip
+    # Top-two Thompson gives the leader about half (beta = 0.5) and the rest to the
+    # challengers, whose split between two equal losers is noisy; the floor keeps each >= 5 %.
+    assert weights[2] >= 0.45 and max(weights[:2]) <= weights[2] - 0.1
+    assert min(weights) >= 0.05 - 1e-9
+    assert shares[0] == pytest.approx(1 / 3, abs=0.05) and shares[-1] >= 0.4
+    # the period-weighted estimate of b - control stays near the truth (0.10)
+    b = next(c for c in result["comparisons"] if c["variant"] == "b")
+    assert b["pw_difference"] == pytest.approx(0.10, abs=0.04)
+    assert b["pw_ci_lower"] <= 0.10 <= b["pw_ci_upper"]
+    assert result["srm"]["tier"] == "ok" and result["status"] == "running"

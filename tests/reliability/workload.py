@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 import psycopg
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from agents.learning.preference import (
     KIND_INDEX,
@@ -251,11 +251,22 @@ def group_positions(dep: Deployment, topic_name: str) -> dict[int, tuple[int, in
         }
     )
     try:
-        committed = {tp.partition: max(tp.offset, 0) for tp in consumer.committed(parts, 10)}
-        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        for attempt in range(30):
+            try:
+                committed = {
+                    tp.partition: max(tp.offset, 0) for tp in consumer.committed(parts, 10)
+                }
+                ends = {
+                    p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts
+                }
+                return {p: (committed.get(p, 0), ends[p]) for p in ends}
+            except KafkaException:  # e.g. NOT_COORDINATOR while a restarted broker loads
+                if attempt == 29:
+                    raise
+                time.sleep(1.0)
     finally:
         consumer.close()
-    return {p: (committed.get(p, 0), ends[p]) for p in ends}
+    raise AssertionError("unreachable")
 
 
 def wait_committed_past(

@@ -45,10 +45,7 @@ GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 
 # Metrics that panels and alerts use before the code exports them; each is named in
 # docs/deploy.md and its panels are titled "(placeholder)". Remove a name once it exists.
-PLACEHOLDER_METRICS = {
-    "loopwise_experiments_active": "experiments currently running",
-    "loopwise_experiment_exposures_total": "experiment exposures per variant",
-}
+PLACEHOLDER_METRICS: dict[str, str] = {}
 # Series every Prometheus has for a scrape target.
 STANDARD_METRICS = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 # The metrics of streams/metrics.py when this dashboard was written: each needs a panel.
@@ -65,6 +62,8 @@ DASHBOARD_MUST_SHOW = {
     "loopwise_sink_writes_total",
     "loopwise_table_keys",
     "loopwise_agent_errors_total",
+    "loopwise_experiments_active",
+    "loopwise_experiment_exposures_total",
 }
 REQUIRED_ALERTS = {
     "LoopwiseWorkerDown",

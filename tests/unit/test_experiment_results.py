@@ -15,6 +15,7 @@ import numpy as np
 from agents.experiment_results import Policy, evaluate
 from agents.experiment_state import ExperimentState, Unit, event_id_hash
 from agents.learning.abstats import VariantStats, analyze, srm_test
+from agents.learning.sequential import msprt_update
 from schemas.registry import get_schema
 
 T0 = 1_700_000_000_000
@@ -259,6 +260,32 @@ def test_cuped_is_used_when_covariates_are_present() -> None:
     arms = dict(zip(["control", "treatment"], stats, strict=True))
     want = analyze(arms, "control", None, "continuous", mde=1.0, relative_mde=False, cuped=True)
     assert c["p_value"] == want.comparisons["treatment"].p_value
+
+
+def test_cuped_also_adjusts_the_always_valid_test() -> None:
+    d = definition(primary_metric={"name": "revenue", "type": "continuous"}, guardrails=[],
+                   cuped=True, mde=1.0, min_sample_size=10**6)  # fmt: skip
+    with_cuped = ExperimentState.new(d, "running")
+    without = ExperimentState.new({**d, "cuped": False}, "running")
+    rng = np.random.default_rng(14)
+    for u in range(600):
+        x = float(rng.normal(50, 10))
+        y = x + 0.8 * (u % 2) + float(rng.normal(0, 4))
+        for state in (with_cuped, without):
+            unit = Unit.new(1)
+            state.apply_exposure(unit, u % 2, x)
+            state.apply_conversion(unit, 0, y, event_id_hash(f"r{u}"), 10)
+    adjusted, plain = primary(look(with_cuped).result), primary(look(without).result)
+    control, treatment = with_cuped.stats(0)
+    want = msprt_update(control, treatment, "continuous", cuped=True)
+    assert adjusted["sequential_cuped"] is True and "sequential_cuped" not in plain
+    assert adjusted["sequential_p_value"] == want.p_value
+    assert adjusted["sequential_ci_lower"] == want.ci_lower
+    assert adjusted["sequential_ci_upper"] == want.ci_upper
+    # the covariate explains most of the variance: a narrower sequence, a smaller p-value
+    width = adjusted["sequential_ci_upper"] - adjusted["sequential_ci_lower"]
+    assert width < 0.5 * (plain["sequential_ci_upper"] - plain["sequential_ci_lower"])
+    assert adjusted["sequential_p_value"] < plain["sequential_p_value"]
 
 
 def test_empty_experiment_has_a_valid_result() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from agents.experiment_state import (
     HOLD_LIMIT,
     MAX_HELD_PER_UNIT,
     ExperimentState,
+    HeldIndex,
     Unit,
     event_id_hash,
 )
@@ -112,6 +114,55 @@ def test_holding_is_bounded_per_unit_and_per_experiment() -> None:
     assert state.apply_conversion(other, 0, 1.0, event_id_hash("o"), max_held_units=1) == HOLD_LIMIT
 
 
+def test_held_conversions_expire_by_event_time_with_their_source() -> None:
+    state, unit = new_state(), Unit.new(2)
+    src = ["p.experiments.conversions", 3, 41, None, "eyJ4IjoxfQ=="]
+    state.apply_conversion(unit, 0, 1.0, event_id_hash("a"), 10, ts=1_000, source=src)
+    state.apply_conversion(unit, 1, 2.0, event_id_hash("b"), 10, ts=5_000, source=src)
+    assert state.expire_held(unit, before_ts=1_000) == []  # strictly older only
+    expired = state.expire_held(unit, before_ts=4_000)
+    assert [e[:4] for e in expired] == [[0, 1.0, event_id_hash("a"), 1_000]]
+    assert expired[0][4] == src
+    assert len(unit.held) == 1 and state.counters["held_units"] == 1  # still waiting
+    assert state.expire_held(unit, before_ts=math.inf)[0][3] == 5_000
+    assert not unit.held and state.counters["held_units"] == 0
+    assert state.counters["unexposed_conversions"] == 2
+    # an exposed unit holds nothing; entries kept before ts/source existed never expire
+    exposed = Unit.new(2)
+    state.apply_exposure(exposed, 0, None)
+    assert state.expire_held(exposed, math.inf) == []
+    legacy = Unit(held=[[0, 1.0, 7]], values=[None, None])
+    assert state.expire_held(legacy, math.inf) == [] and legacy.held == [[0, 1.0, 7]]
+
+
+def test_the_held_index_returns_due_units_once_in_time_order() -> None:
+    index = HeldIndex()
+    for ts, unit in ((300, "u3"), (100, "u1"), (200, "u2"), (150, "u1"), (900, "u9")):
+        index.add("e", ts, unit)
+    index.add("other", 50, "x")
+    assert index.due("e", before_ts=300) == ["u1", "u2"]  # u1 once, though listed twice
+    assert index.due("e", before_ts=300) == []
+    assert index.due("e", before_ts=1_000) == ["u3", "u9"] and "e" not in index.heaps
+    index.drop("other")
+    assert index.due("other", math.inf) == []
+
+
+def test_the_unit_retention_starts_when_the_experiment_first_ends() -> None:
+    state = new_state()
+    state.mark_ended(1_000)
+    assert state.ended_ms is None and not state.purge_due(10**12, 0)  # running
+    state.apply_definition(DEFINITION, "stopped")
+    state.mark_ended(2_000)
+    state.mark_ended(9_000)  # later writes keep the first time
+    assert state.ended_ms == 2_000
+    assert not state.purge_due(2_000 + 59_999, 60_000)
+    assert state.purge_due(2_000 + 60_000, 60_000)
+    state.purged = True
+    assert not state.purge_due(10**12, 60_000)
+    again = ExperimentState.unpack(state.pack())
+    assert (again.ended_ms, again.purged) == (2_000, True)
+
+
 def test_state_and_unit_round_trip_through_bytes() -> None:
     state, unit = new_state(), Unit.new(2)
     state.apply_exposure(unit, 0, 1.5)
@@ -173,6 +224,21 @@ def test_definition_announcements_only_move_the_status_forward() -> None:
     }
     message = state.apply_definition(changed, "stopped")
     assert message is not None and "cannot change after creation" in message
+
+
+def test_a_ramp_announcement_updates_the_traffic_of_a_newer_revision_only() -> None:
+    state = new_state()
+    state.revision = 2
+    state.apply_exposure(Unit.new(2), 0, None)
+    ramped = {**DEFINITION, "traffic_fraction": 0.4}
+    assert state.apply_definition(ramped, "running", 3) is None
+    assert state.defn.traffic == 0.4 and state.revision == 3
+    late = {**DEFINITION, "traffic_fraction": 0.9}  # revision 2, read after revision 3
+    assert state.apply_definition(late, "running", 2) is None
+    assert state.defn.traffic == 0.4 and state.revision == 3
+    # the statistics and the allocation period are untouched by a ramp
+    assert state.units() == [1, 0] and len(state.periods) == 1
+    assert ExperimentState.unpack(state.pack()).revision == 3
 
 
 @pytest.mark.parametrize("event_id", ["e-1", "x" * 128])

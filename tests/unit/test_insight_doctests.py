@@ -14,6 +14,7 @@ MODULES = [
     "agents.insight_optimizer",
     "agents.insight_jobs",
     "agents.insight_plots",
+    "agents.insight_signals",
 ]
 
 

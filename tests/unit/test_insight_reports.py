@@ -163,8 +163,16 @@ class Outline(HTMLParser):
 def test_html_report_opens_with_its_sections_and_images(tmp_path: Path) -> None:
     report = build(experiments=[
         {"experiment_id": "e1", "status": "running", "primary_metric": "conversion",
-         "result": {"variants": [{"variant": "b", "relative_lift": 0.12}]}},
+         "result": {"primary_metric": "conversion", "comparisons": [
+             {"variant": "b", "metric": "conversion", "lift": 0.12,
+              "sequential_decision": "continue"},
+             {"variant": "c", "metric": "conversion", "lift": 0.03},
+             {"variant": "b", "metric": "latency_ms", "lift": 0.5}]}},
     ])  # fmt: skip
+    assert report["experiments"]["items"] == [
+        {"experiment_id": "e1", "status": "running", "primary_metric": "conversion",
+         "best_variant": "b", "best_relative_lift": 0.12, "decision": "continue"},
+    ]  # fmt: skip
     images = render_plots(report)
     assert set(images) == {
         "trend_success_rate.png",

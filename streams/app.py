@@ -53,6 +53,9 @@ app = LoopwiseApp(
     broker_commit_interval=timedelta(seconds=1.0),
     stream_buffer_maxsize=8192,
     web_enabled=True,
+    # faust's /table/ views serve raw table values without authentication; the /state/
+    # endpoints are the supported reads.
+    web_tables_enabled=False,
     web_bind=settings.web_host,
     web_port=settings.web_port,
     web_host=settings.web_host,

@@ -800,11 +800,14 @@ def test_bandit_allocation_shifts_toward_the_known_winner(dep: Deployment) -> No
           f"share of b per round {[round(x, 3) for x in shares]}")  # fmt: skip
     # Top-two Thompson gives the leader about half (beta = 0.5) and the rest to the
     # challengers, whose split between two equal losers is noisy; the floor keeps each >= 5 %.
-    assert weights[2] >= 0.45 and max(weights[:2]) <= weights[2] - 0.1
+    # The posterior draws are not seeded by this test, so the assertions leave room for the
+    # sampling noise of the two losers' split and of the estimate (a 95 % interval alone would
+    # miss the truth in one run of twenty).
+    assert weights[2] >= 0.45 and weights[2] == max(weights)
     assert min(weights) >= 0.05 - 1e-9
     assert shares[0] == pytest.approx(1 / 3, abs=0.05) and shares[-1] >= 0.4
     # the period-weighted estimate of b - control stays near the truth (0.10)
     b = next(c for c in result["comparisons"] if c["variant"] == "b")
-    assert b["pw_difference"] == pytest.approx(0.10, abs=0.04)
-    assert b["pw_ci_lower"] <= 0.10 <= b["pw_ci_upper"]
+    se = (b["pw_ci_upper"] - b["pw_ci_lower"]) / (2 * 1.96)
+    assert abs(b["pw_difference"] - 0.10) <= max(3.3 * se, 0.01), (b, se)
     assert result["srm"]["tier"] == "ok" and result["status"] == "running"

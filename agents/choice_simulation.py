@@ -195,23 +195,15 @@ def simulate_events(
     return events
 
 
-def reference_pipeline(
-    events: Sequence[tuple[str, dict[str, Any]]],
-    config: Any,
-    rules: Any,
-    batch: int = 250,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The three stages of the loop run in-process on ``events`` (no Kafka, no timers).
+def reference_observations(
+    events: Sequence[tuple[str, dict[str, Any]]], factors: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Stage 1 of the loop in-process: the observations ``events`` produce, in order.
 
-    Returns ``(customers, segments)``: the :class:`~agents.choice_state.CustomerState` and
-    :class:`~agents.choice_state.SegmentState` each key ends with when every session is
-    joined in event order, customers are classified after each observation batch of
-    ``batch`` and each segment's model is updated once per batch. The worker batches
-    differently, so its weights agree with these up to batching (see the tests).
+    Each session must come before its choice and interactions (no waiting, no timers).
     """
     from agents import choice_state as cs
 
-    factors = config.factors
     sessions: dict[str, cs.SessionState] = {}
     observations: list[dict[str, Any]] = []
     for n, (topic_name, event) in enumerate(events):
@@ -223,28 +215,54 @@ def reference_pipeline(
             session = cs.parse_session(event, factors)
             obs, _ = cs.apply_session(st, sid, session, factors, 0, src)
         elif st.session is None:
-            raise ValueError("reference_pipeline needs each session before its events")
+            raise ValueError("reference_observations needs each session before its events")
         elif slot == cs.CHOICE:
             obs = cs.apply_choice(st, sid, event, factors, 1, src)
         else:
             obs = cs.apply_interaction(st, sid, event, src)
         observations.extend(obs)
+    return observations
+
+
+def reference_segments(
+    observations: Sequence[dict[str, Any]], config: Any, rules: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stages 2 and 3 in-process on observations in the order given.
+
+    Returns ``(customers, segments)``: the :class:`~agents.choice_state.CustomerState` and
+    :class:`~agents.choice_state.SegmentState` each key ends with. Both stages are functions
+    of the order of the observations only (segments per observation, model per fixed-size
+    block), so one call with everything equals the worker fed the same order in any batches.
+    """
+    from agents import choice_state as cs
+
+    factors = config.factors
     customers: dict[str, cs.CustomerState] = {}
+    for o in observations:
+        customers.setdefault(o["customer_id"], cs.CustomerState(len(factors)))
+    tags, _ = cs.observe_customers(
+        customers, [(o["customer_id"], o) for o in observations], factors, rules, 0
+    )
+    by_segment: dict[str, list[dict[str, Any]]] = {}
+    for o, segment in zip(observations, tags, strict=True):
+        by_segment.setdefault(segment, []).append(o)
     segments: dict[str, cs.SegmentState] = {}
-    for start in range(0, len(observations), batch):
-        chunk = observations[start : start + batch]
-        for o in chunk:
-            customers.setdefault(o["customer_id"], cs.CustomerState(len(factors)))
-        cs.accumulate_customers(customers, [(o["customer_id"], o) for o in chunk], factors, rules)
-        cs.reclassify(customers, sorted({o["customer_id"] for o in chunk}), factors, rules, 0)
-        by_segment: dict[str, list[dict[str, Any]]] = {}
-        for o in chunk:
-            segment = customers[o["customer_id"]].segment
-            assert segment is not None
-            by_segment.setdefault(segment, []).append(o)
-        for segment, obs in by_segment.items():
-            st = segments.setdefault(segment, cs.SegmentState())
-            for o in obs:
-                cs.add_to_window(st, o, window_s=10**9, bucket_s=3600)
-            cs.fit_segment(st, obs, config)
+    for segment, obs in by_segment.items():
+        st = segments.setdefault(segment, cs.SegmentState())
+        for o in obs:
+            cs.add_to_window(st, o, window_s=10**9, bucket_s=3600)
+        cs.fit_segment(st, obs, config)
     return customers, segments
+
+
+def reference_pipeline(
+    events: Sequence[tuple[str, dict[str, Any]]], config: Any, rules: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The three stages of the loop run in-process on ``events`` (no Kafka, no timers).
+
+    Returns ``(customers, segments)`` as :func:`reference_segments` when every session is
+    joined in event order. The worker sees the observations of different partitions
+    interleaved in arrival order; fed that order (:func:`reference_segments`), these
+    functions give its numbers exactly (see tests/integration/test_choices_pipeline.py).
+    """
+    return reference_segments(reference_observations(events, config.factors), config, rules)

@@ -40,6 +40,7 @@ Idempotency (at-least-once delivery) is kept inside each value:
 from __future__ import annotations
 
 import base64
+import copy
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,9 +53,9 @@ from agents.learning.choice_model import (
     ChoiceModelConfig,
     ChoiceModelState,
     PublishedWeights,
+    absorb,
     initial_state,
     publish_weights,
-    update,
 )
 from agents.learning.choice_segments import (
     SEGMENTS,
@@ -657,51 +658,63 @@ def classify_customers(
     return classify_segments(factors, stated, behaviour, rules)
 
 
-def accumulate_customers(
-    states: dict[str, CustomerState],
-    items: Sequence[tuple[str, dict[str, Any]]],
-    factors: Sequence[str],
-    rules: SegmentRules,
-) -> None:
-    """Add a batch of new observations ``(customer_id, observation)`` to the customers."""
+def _item_behaviour(
+    items: Sequence[tuple[str, dict[str, Any]]], factors: Sequence[str], rules: SegmentRules
+) -> list[tuple[np.ndarray | None, np.ndarray | None, float]]:
+    """Per item: chosen scores, mean shown scores and chosen price level (vectorised)."""
     price_index = list(factors).index(rules.price_factor) if rules.price_factor in factors else None
     picked = [o for _, o in items if o["kind"] == "session" and o["chosen"] >= 0 and o["X"]]
     chosen_x, shown_mean, level = per_session_behaviour(picked, len(factors), price_index)
     row = {id(o): r for r, o in enumerate(picked)}
-    for customer, o in items:
+    out: list[tuple[np.ndarray | None, np.ndarray | None, float]] = []
+    for _, o in items:
         r = row.get(id(o))
-        if r is None:
-            accumulate_customer(states[customer], o, None, None, math.nan)
-        else:
-            accumulate_customer(states[customer], o, chosen_x[r], shown_mean[r], level[r])
+        out.append((None, None, math.nan) if r is None else (chosen_x[r], shown_mean[r], level[r]))
+    return out
 
 
-def reclassify(
+def observe_customers(
     states: dict[str, CustomerState],
-    customers: Sequence[str],
+    items: Sequence[tuple[str, dict[str, Any]]],
     factors: Sequence[str],
     rules: SegmentRules,
     now_ms: int,
-) -> dict[str, str | None]:
-    """Classify ``customers``; returns ``{customer: previous segment}`` of those that moved.
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Add observations one at a time, in order, classifying the customer after each one.
 
-    A moved customer's version rises and ``last_change`` holds its ``customers.segments``
-    event.
+    Returns the segment of each item (the customer's segment right after its observation
+    was added: the segment it is fitted in) and the ``customers.segments`` events of the
+    changes, in order (``last_change`` holds each customer's latest). Classifying after each
+    observation, not after a batch, makes both depend on the order of the observations only,
+    not on where a stream's batches begin and end; every intermediate evidence is classified
+    in one vectorised call, so it costs no more than classifying once per batch.
     """
-    if not customers:
-        return {}
-    result = classify_customers([states[c] for c in customers], factors, rules)
-    moved: dict[str, str | None] = {}
-    for r, customer in enumerate(customers):
-        st = states[customer]
-        segment = str(result.segments[r])
-        st.rule, st.evidence = str(result.rules[r]), str(result.evidence[r])
-        if segment != st.segment:
-            moved[customer] = st.segment
-            st.segment = segment
-            st.version += 1
-            st.last_change = segment_change_event(customer, moved[customer], st, now_ms)
-    return moved
+    if not items:
+        return [], []
+    snapshots: list[CustomerState] = []
+    for (customer, o), behaviour in zip(items, _item_behaviour(items, factors, rules), strict=True):
+        state = states[customer]
+        accumulate_customer(state, o, *behaviour)
+        # accumulate_customer replaces the evidence lists, never mutates them, so a shallow
+        # copy is a snapshot of the evidence after this observation.
+        snapshots.append(copy.copy(state))
+    result = classify_customers(snapshots, factors, rules)
+    segments: list[str] = []
+    changes: list[dict[str, Any]] = []
+    for k, (customer, _) in enumerate(items):
+        state, snap = states[customer], snapshots[k]
+        segment = str(result.segments[k])
+        state.rule, state.evidence = str(result.rules[k]), str(result.evidence[k])
+        if segment != state.segment:
+            previous = state.segment
+            state.segment = segment
+            state.version += 1
+            snap.segment, snap.version = segment, state.version
+            snap.rule, snap.evidence = state.rule, state.evidence
+            state.last_change = segment_change_event(customer, previous, snap, now_ms)
+            changes.append(state.last_change)
+        segments.append(segment)
+    return segments, changes
 
 
 def segment_change_event(
@@ -924,9 +937,12 @@ def window_summary(state: SegmentState) -> dict[str, dict[str, Any]]:
 def fit_segment(
     state: SegmentState, observations: Sequence[dict[str, Any]], config: ChoiceModelConfig
 ) -> PublishedWeights | None:
-    """One online update of the segment's model from a batch of session observations.
+    """Absorb a batch of observations, in order, into the segment's model.
 
-    Returns the weights to publish, or None when the batch held no session.
+    The model is updated per fixed-size block of sessions
+    (:func:`agents.learning.choice_model.absorb`), so its weights depend on the order of the
+    observations only, not on where a stream's batches begin and end. Returns the weights to
+    publish, or None when the batch held no session.
     """
     sessions = [o for o in observations if o["kind"] == "session" and o["X"]]
     if not sessions:
@@ -934,7 +950,7 @@ def fit_segment(
     F = len(config.factors)
     X, mask = pad([o["X"] for o in sessions], F)
     chosen = np.array([o["chosen"] for o in sessions], dtype=np.int64)
-    model = update(state.model_state(config), X, mask, chosen, config)
+    model = absorb(state.model_state(config), X, mask, chosen, config)
     state.model = model.to_dict()
     state.version += 1
     published = publish_weights(model, config)

@@ -11,11 +11,14 @@ Three agents, one per key that owns state (the values and pure steps are in
    "none" choice, or no choice within ``LOOPWISE_CHOICE_SESSION_TTL_S``) is sent as one
    observation to ``choices.customer_observations``, keyed by customer.
 2. ``choice-customers`` keeps each customer's stated preferences and choice behaviour in
-   ``choice_customers``, classifies the segment (``agents.learning.choice_segments``),
+   ``choice_customers``, classifies the segment after each observation
+   (``agents.learning.choice_segments``),
    emits ``customers.segments`` when it changes (plus Redis / PostgreSQL) and forwards every
    observation to ``choices.segment_observations``, keyed by segment.
 3. ``choice-segments`` fits each segment's conditional-logit model online, one Laplace
-   update per segment and batch (``agents.learning.choice_model``), keeps rolling analytics
+   update per block of ``block_size`` sessions in arrival order, the open block absorbed
+   provisionally when publishing (``agents.learning.choice_model``: the weights do not
+   depend on where the batches begin and end), keeps rolling analytics
    in event-time buckets and the alert state in ``choice_segments``, and publishes
    ``weights.scoring`` (learned, or the defaults flagged ``is_default`` below the minimum
    sample or confidence), Redis ``scoring:<segment>`` and ``choice_stats:<segment>``,
@@ -54,7 +57,6 @@ from agents.choice_state import (
     SegmentState,
     SessionState,
     abandon,
-    accumulate_customers,
     add_to_window,
     apply_choice,
     apply_interaction,
@@ -64,9 +66,9 @@ from agents.choice_state import (
     event_id_hash,
     fit_segment,
     iter_bucket_rows,
+    observe_customers,
     parse_session,
     prune_window,
-    reclassify,
     replayed_observations,
     scoring_event,
     segment_code,
@@ -77,9 +79,8 @@ from agents.learning.choice_model import ChoiceModelConfig, PublishedWeights
 from agents.learning.choice_segments import SEGMENTS, SegmentRules
 from streams.app import app, deadletter_topic, postgres, redis_values, settings, topic
 from streams.boundary import Boundary, Valid
-from streams.codecs import EventDecoder, Rejected, dead_letter, encode
+from streams.codecs import EventDecoder, Rejected, encode
 from streams.metrics import (
-    DEAD_LETTERS,
     EVENT_TO_OUTPUT_SECONDS,
     EVENTS_DUPLICATE,
     EVENTS_OUT,
@@ -198,8 +199,8 @@ def _json(value: Any) -> str:
 
 async def send_dead_letter(p: Pending, kind: str, message: str) -> None:
     """Dead-letter an event that waited in a table value (its bytes and coordinates kept)."""
-    record = dead_letter(
-        raw=p.raw,
+    await boundary.send_dead_letter(
+        p.raw,
         topic=p.topic,
         partition=p.partition,
         offset=p.offset,
@@ -207,9 +208,6 @@ async def send_dead_letter(p: Pending, kind: str, message: str) -> None:
         kind=kind,
         message=message,
     )
-    await deadletter_topic.send(key=p.topic.encode(), value=encode(record))
-    DEAD_LETTERS.labels(topic=p.topic, reason=kind).inc()
-    log.info("dead letter %s:%d:%d %s: %s", p.topic, p.partition, p.offset, kind, message)
 
 
 def _observe_latency(agent: str, valid: Iterable[Valid]) -> None:
@@ -481,13 +479,14 @@ async def process_customers(valid: list[Valid]) -> None:
         work.fresh.add(customer)
         work.new.append((customer, obs, v.partition, v.offset))
 
-    accumulate_customers(work.states, [(c, o) for c, o, _, _ in work.new], FACTORS, segment_rules)
-    moved = reclassify(work.states, sorted(work.fresh), FACTORS, segment_rules, now)
-    for customer, obs, partition, offset in work.new:
-        state = work.states[customer]
-        assert state.segment is not None
-        code = segment_code(state.segment)
-        state.remember(offset, event_id_hash(obs["id"]), code)
+    # Each observation is fitted in the customer's segment right after it: per observation,
+    # not per batch, so that where the batches begin and end changes nothing downstream.
+    segments, changes = observe_customers(
+        work.states, [(c, o) for c, o, _, _ in work.new], FACTORS, segment_rules, now
+    )
+    for (customer, obs, partition, offset), segment in zip(work.new, segments, strict=True):
+        code = segment_code(segment)
+        work.states[customer].remember(offset, event_id_hash(obs["id"]), code)
         work.forwards.append((code, obs, partition, offset))
 
     for customer in work.dirty:
@@ -495,12 +494,14 @@ async def process_customers(valid: list[Valid]) -> None:
         put(customers_table, state.partition, customer, state.pack())
     crash_point("after_table")
 
-    # Customers whose segment moved now, and those touched only by a replay (heal).
-    changed = {c: work.states[c] for c in moved}
+    # Every change of this batch in order, and the latest change of customers touched only
+    # by a replay (heal: the send may never have happened). A crash after the table write
+    # re-sends only the latest change of a customer that changed twice in the batch.
+    changed = list(changes)
     for customer in set(work.states) - work.fresh:
         if work.states[customer].last_change is not None:
-            changed[customer] = work.states[customer]
-    events = {c: s.last_change for c, s in changed.items() if s.last_change is not None}
+            changed.append(work.states[customer].last_change)
+    events = {e["customer_id"]: e for e in changed}  # the latest per customer
     await redis_values.write_many(
         "customer_segment", ((c, e["version"], encode(e)) for c, e in events.items())
     )
@@ -514,8 +515,8 @@ async def process_customers(valid: list[Valid]) -> None:
         ],
     )  # fmt: skip
     crash_point("after_postgres")
-    for customer, event in events.items():
-        await customer_segments_topic.send(key=customer.encode(), value=encode(event))
+    for event in changed:
+        await customer_segments_topic.send(key=event["customer_id"].encode(), value=encode(event))
     # Per source partition in offset order: stage 3 keeps a watermark per source partition.
     work.forwards.sort(key=lambda f: (f[2], f[3]))
     for code, obs, partition, offset in work.forwards:
@@ -526,7 +527,7 @@ async def process_customers(valid: list[Valid]) -> None:
         len(work.forwards)
     )
     EVENTS_OUT.labels(topic=customer_segments_topic.get_topic_name(), agent=AGENT_CUSTOMERS).inc(
-        len(events)
+        len(changed)
     )
     _observe_latency(AGENT_CUSTOMERS, valid)
     crash_point("after_output")

@@ -81,9 +81,10 @@ class Boundary:
         return valid
 
     async def reject(self, event: EventT, kind: str, message: str) -> None:
+        """Dead-letter an event of the batch at hand (its message gives bytes and source)."""
         msg = event.message
-        record = dead_letter(
-            raw=msg.value,
+        await self.send_dead_letter(
+            msg.value,
             topic=msg.topic,
             partition=msg.partition,
             offset=msg.offset,
@@ -91,9 +92,36 @@ class Boundary:
             kind=kind,
             message=message,
         )
-        await self.deadletter.send(key=msg.topic.encode(), value=encode(record))
-        DEAD_LETTERS.labels(topic=msg.topic, reason=kind).inc()
-        log.info("dead letter %s:%d:%d %s: %s", msg.topic, msg.partition, msg.offset, kind, message)
+
+    async def send_dead_letter(
+        self,
+        raw: bytes | None,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        kind: str,
+        message: str,
+    ) -> None:
+        """Dead-letter the original bytes of an event read at ``topic/partition/offset``.
+
+        The coordinates are explicit because the message may be long gone: an event that
+        waited in a table value (e.g. a choice waiting for its session) is rejected by a
+        timer, from the bytes and coordinates kept in the value.
+        """
+        record = dead_letter(
+            raw=raw,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            kind=kind,
+            message=message,
+        )
+        await self.deadletter.send(key=topic.encode(), value=encode(record))
+        DEAD_LETTERS.labels(topic=topic, reason=kind).inc()
+        log.info("dead letter %s:%d:%d %s: %s", topic, partition, offset, kind, message)
 
     async def process_isolating_failures(
         self, process: Callable[[list[Valid]], Awaitable[None]], valid: list[Valid]

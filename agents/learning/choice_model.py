@@ -25,6 +25,18 @@ precision stays positive definite. The initial state is an L2 prior towards the 
 ``m0 = (prior_utility_scale * default_weights, prior_outside_utility)`` and
 ``P0 = prior_strength * I``.
 
+Blocks, not batches
+-------------------
+A Laplace update of a batch is not the same as two updates of its halves (the Hessian is
+taken at a different point), so a posterior updated once per *stream batch* would depend on
+how the stream happened to cut the sessions into batches (poll timing, restarts). Sessions
+are therefore absorbed in blocks of ``block_size`` sessions (fewer when they hold
+``block_max_scores`` factor scores) in arrival order (:func:`absorb`): the state is the
+posterior after the complete blocks plus the sessions of the open block, and
+:func:`estimate` absorbs the open block provisionally (not stored) when weights are
+published. The result is a function of the sequence of sessions only: cutting the same
+sequence into other batches gives the same numbers, bit for bit.
+
 Published weights
 -----------------
 Scoring weights must be non-negative, within ``[w_min, w_max]`` and sum to 1. They are
@@ -53,6 +65,7 @@ is positive) the defaults are published with ``is_default=True`` and ``applied=F
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,11 +76,13 @@ __all__ = [
     "ChoiceModelConfig",
     "ChoiceModelState",
     "PublishedWeights",
+    "absorb",
     "choice_gradient",
     "choice_hessian",
     "choice_log_likelihood",
     "choice_probabilities",
     "coefficients_to_weights",
+    "estimate",
     "fit_choice_model",
     "initial_state",
     "project_to_bounded_simplex",
@@ -454,7 +469,12 @@ class ChoiceModelConfig:
     prior_outside_utility : float
         Prior mean of the outside-option utility ``b``.
     newton_steps : int
-        Newton steps per batch.
+        Newton steps per block.
+    block_size : int
+        Sessions per Laplace update (see "Blocks, not batches" above).
+    block_max_scores : int
+        A block also closes once its sessions hold this many factor scores, which bounds
+        the open block kept in a state (a table value must fit in one Kafka message).
     min_sample_size : int
         Sessions needed before learned weights can be applied.
     min_confidence : float
@@ -477,6 +497,8 @@ class ChoiceModelConfig:
     prior_utility_scale: float = 1.0
     prior_outside_utility: float = 0.0
     newton_steps: int = 5
+    block_size: int = 100
+    block_max_scores: int = 20_000
     min_sample_size: int = 50
     min_confidence: float = 0.7
     confidence_sample_scale: float = 20.0
@@ -497,6 +519,8 @@ class ChoiceModelConfig:
             raise ValueError("prior_strength must be positive")
         if self.newton_steps < 1 or self.min_sample_size < 0:
             raise ValueError("newton_steps >= 1 and min_sample_size >= 0 required")
+        if self.block_size < 1 or self.block_max_scores < 1:
+            raise ValueError("block_size >= 1 and block_max_scores >= 1 required")
         if not (0.0 <= self.min_confidence <= 1.0) or self.confidence_sample_scale < 0:
             raise ValueError("min_confidence in [0, 1] and confidence_sample_scale >= 0")
 
@@ -511,18 +535,21 @@ class ChoiceModelConfig:
 
 @dataclass(frozen=True, eq=False)
 class ChoiceModelState:
-    """Gaussian posterior approximation of ``theta = (beta, b)`` plus counters.
+    """Gaussian posterior approximation of ``theta = (beta, b)``, open block and counters.
 
     Parameters
     ----------
     mean : ndarray, shape (F + 1,)
-        Posterior mean ``m``.
+        Posterior mean ``m`` after the complete blocks.
     precision : ndarray, shape (F + 1, F + 1)
-        Posterior precision ``P`` (symmetric positive definite).
+        Posterior precision ``P`` after the complete blocks (symmetric positive definite).
     n_sessions : int
-        Sessions absorbed that showed at least one candidate.
+        Sessions absorbed that showed at least one candidate (open block included).
     n_no_choice : int
         Of those, sessions that ended without a choice.
+    open_block : tuple of (ndarray of shape (J_i, F), int)
+        Sessions of the open block in arrival order: the shown candidates' factor scores and
+        the chosen index among them (-1 for none). Fewer than ``block_size``.
 
     Examples
     --------
@@ -537,11 +564,14 @@ class ChoiceModelState:
     precision: np.ndarray
     n_sessions: int = 0
     n_no_choice: int = 0
+    open_block: tuple[tuple[np.ndarray, int], ...] = ()
 
     def __post_init__(self) -> None:
         k = self.mean.shape[0]
         if self.mean.ndim != 1 or self.precision.shape != (k, k):
             raise ValueError("mean must be (F + 1,) and precision (F + 1, F + 1)")
+        if any(x.ndim != 2 or x.shape[1] != k - 1 for x, _ in self.open_block):
+            raise ValueError("open-block sessions must have shape (J_i, F)")
 
     @property
     def covariance(self) -> np.ndarray:
@@ -556,6 +586,7 @@ class ChoiceModelState:
             "precision": self.precision.tolist(),
             "n_sessions": int(self.n_sessions),
             "n_no_choice": int(self.n_no_choice),
+            "open_block": [[x.tolist(), int(c)] for x, c in self.open_block],
         }
 
     @classmethod
@@ -568,6 +599,11 @@ class ChoiceModelState:
             precision=np.asarray(data["precision"], dtype=float),
             n_sessions=int(data["n_sessions"]),
             n_no_choice=int(data["n_no_choice"]),
+            # States written before blocks existed have no open block.
+            open_block=tuple(
+                (np.asarray(x, dtype=float).reshape(-1, len(data["mean"]) - 1), int(c))
+                for x, c in data.get("open_block", ())
+            ),
         )
 
 
@@ -637,6 +673,8 @@ def update(
     X, mask, chosen = _check_batch(X, mask, chosen)
     if X.shape[2] + 1 != state.mean.size:
         raise ValueError("X has a different number of factors than the state")
+    if state.open_block:
+        raise ValueError("update() needs a state without an open block (see absorb())")
     shown = mask.any(axis=1)
     if not shown.any():
         return state
@@ -656,6 +694,135 @@ def update(
         n_sessions=state.n_sessions + int(shown.sum()),
         n_no_choice=state.n_no_choice + int((chosen < 0).sum()),
     )
+
+
+def _committed(state: ChoiceModelState) -> ChoiceModelState:
+    """The posterior after the complete blocks, with the counters of those blocks only."""
+    if not state.open_block:
+        return state
+    no_choice = sum(1 for _, c in state.open_block if c < 0)
+    return ChoiceModelState(
+        mean=state.mean,
+        precision=state.precision,
+        n_sessions=state.n_sessions - len(state.open_block),
+        n_no_choice=state.n_no_choice - no_choice,
+    )
+
+
+def _stack(
+    block: Sequence[tuple[np.ndarray, int]], F: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sessions of a block → padded ``(X, mask, chosen)`` (padding to the block's widest)."""
+    J = max(x.shape[0] for x, _ in block)
+    X = np.zeros((len(block), J, F))
+    mask = np.zeros((len(block), J), dtype=bool)
+    for i, (x, _) in enumerate(block):
+        X[i, : x.shape[0]] = x
+        mask[i, : x.shape[0]] = True
+    return X, mask, np.array([c for _, c in block], dtype=np.int64)
+
+
+def absorb(
+    state: ChoiceModelState,
+    X: np.ndarray,
+    mask: np.ndarray,
+    chosen: np.ndarray,
+    config: ChoiceModelConfig,
+) -> ChoiceModelState:
+    """Absorb sessions in order: one Laplace update (:func:`update`) per complete block.
+
+    The sessions join the open block; each time it reaches ``config.block_size`` sessions
+    (or ``config.block_max_scores`` factor scores) it is absorbed and a new block opens. The
+    result depends only on the sequence of sessions absorbed so far, not on how it was split
+    across calls.
+
+    Parameters
+    ----------
+    state : ChoiceModelState
+        Current state (posterior after the complete blocks, open block).
+    X : ndarray, shape (n, J, F)
+        Factor scores of the shown candidates (padded).
+    mask : ndarray of bool, shape (n, J)
+        True where a candidate was shown; sessions without any are skipped.
+    chosen : ndarray of int, shape (n,)
+        Index of the chosen candidate, ``-1`` for no choice.
+    config : ChoiceModelConfig
+        Supplies ``block_size`` and ``newton_steps``.
+
+    Returns
+    -------
+    ChoiceModelState
+        The new state; its counters include the open block.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cfg = ChoiceModelConfig(factors=("price", "quality"), block_size=2)
+    >>> X = np.array([[[0.9, 0.1], [0.2, 0.3]], [[0.8, 0.5], [0.1, 0.9]], [[0.5, 0.5], [0.0, 1.0]]])
+    >>> mask, chosen = np.ones((3, 2), bool), np.array([0, -1, 1])
+    >>> one = absorb(initial_state(cfg), X, mask, chosen, cfg)
+    >>> two = absorb(absorb(initial_state(cfg), X[:1], mask[:1], chosen[:1], cfg),
+    ...              X[1:], mask[1:], chosen[1:], cfg)
+    >>> one.n_sessions, len(one.open_block), bool(np.array_equal(one.mean, two.mean))
+    (3, 1, True)
+    """
+    X, mask, chosen = _check_batch(X, mask, chosen)
+    F = X.shape[2]
+    if state.mean.size != F + 1:
+        raise ValueError("X has a different number of factors than the state")
+    committed = _committed(state)
+    block = list(state.open_block)
+    scores = sum(x.size for x, _ in block)
+    for i in range(X.shape[0]):
+        if not mask[i].any():
+            continue
+        c = int(chosen[i])
+        # Keep only the shown candidates; the choice becomes an index among them.
+        block.append((X[i, mask[i]].copy(), -1 if c < 0 else int(mask[i, :c].sum())))
+        scores += block[-1][0].size
+        # Both limits are functions of the sequence itself, so blocks stay where they are
+        # however the sessions come in batches.
+        if len(block) >= config.block_size or scores >= config.block_max_scores:
+            committed = update(committed, *_stack(block, F), config)
+            block, scores = [], 0
+    return ChoiceModelState(
+        mean=committed.mean,
+        precision=committed.precision,
+        n_sessions=committed.n_sessions + len(block),
+        n_no_choice=committed.n_no_choice + sum(1 for _, c in block if c < 0),
+        open_block=tuple(block),
+    )
+
+
+def estimate(state: ChoiceModelState, config: ChoiceModelConfig) -> ChoiceModelState:
+    """The posterior of every session absorbed: the open block absorbed provisionally.
+
+    Parameters
+    ----------
+    state : ChoiceModelState
+        State with or without an open block.
+    config : ChoiceModelConfig
+        Supplies ``newton_steps``.
+
+    Returns
+    -------
+    ChoiceModelState
+        Without an open block; ``state`` itself when it has none.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cfg = ChoiceModelConfig(factors=("price", "quality"))
+    >>> X = np.array([[[0.9, 0.1], [0.2, 0.3]]])
+    >>> s = absorb(initial_state(cfg), X, np.ones((1, 2), bool), np.array([0]), cfg)
+    >>> e = estimate(s, cfg)
+    >>> len(s.open_block), len(e.open_block), e.n_sessions, bool(e.mean[0] > s.mean[0])
+    (1, 0, 1, True)
+    """
+    if not state.open_block:
+        return state
+    F = state.mean.size - 1
+    return update(_committed(state), *_stack(state.open_block, F), config)
 
 
 # --------------------------------------------------------------------------- publishing
@@ -875,7 +1042,7 @@ def publish_weights(state: ChoiceModelState, config: ChoiceModelConfig) -> Publi
     Parameters
     ----------
     state : ChoiceModelState
-        Posterior of ``theta``, shape (F + 1,).
+        Posterior of ``theta``, shape (F + 1,); an open block is included (:func:`estimate`).
     config : ChoiceModelConfig
         Bounds, defaults, ``min_sample_size``, ``min_confidence`` and the confidence scale.
 
@@ -897,6 +1064,7 @@ def publish_weights(state: ChoiceModelState, config: ChoiceModelConfig) -> Publi
     F = len(config.factors)
     if state.mean.size != F + 1:
         raise ValueError("state and config disagree on the number of factors")
+    state = estimate(state, config)
     beta = state.mean[:F].copy()
     mapped = coefficients_to_weights(beta, config.w_min, config.w_max)
     learned = se = None

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +33,13 @@ from schemas.registry import get_schema
 from streams.config import REPO_ROOT
 from streams.harness import Deployment, Worker
 from streams.kafka_admin import read_topic
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "it-secret-token"
 T0 = 1_767_225_600_000
 RETENTION_S = 30
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -29,22 +29,13 @@ import redis
 
 from streams.config import REPO_ROOT
 from streams.harness import Deployment
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
 W = 60_000
 DROP = [0.95, 0.94, 0.93, 0.92, 0.90, 0.88, 0.85, 0.82, 0.78, 0.74, 0.70, 0.66]
 MILD = [0.99, 0.97, 0.95, 0.93, 0.91, 0.89]  # six windows: a low-confidence decline
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

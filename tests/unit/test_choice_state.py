@@ -297,8 +297,8 @@ def test_customer_evidence_equals_summarise_behaviour_over_all_sessions():
     state = cs.CustomerState(len(FACTORS))
     rules = SegmentRules()
     for start in range(0, 30, 7):  # in several batches
-        cs.accumulate_customers({"c": state}, [("c", o) for o in observations[start:start + 7]],
-                                FACTORS, rules)  # fmt: skip
+        cs.observe_customers({"c": state}, [("c", o) for o in observations[start:start + 7]],
+                             FACTORS, rules, NOW)  # fmt: skip
     X, mask = cs.pad(sessions, len(FACTORS))
     ref = summarise_behaviour(X, mask, np.array(chosen), np.zeros(30, int), 1, price_index=0)
     assert state.sessions == 30 and state.choices == ref.n_choices[0]
@@ -311,18 +311,26 @@ def test_segment_from_stated_preferences_then_behaviour_and_change_events():
     rules = SegmentRules()
     states = {"c": cs.CustomerState(len(FACTORS))}
     first = _session_obs(0, [[0.5, 0.5, 0.5, 0.5]], -1, stated=[0.1, 0.1, 0.1, 0.9])
-    cs.accumulate_customers(states, [("c", first)], FACTORS, rules)
-    moved = cs.reclassify(states, ["c"], FACTORS, rules, NOW)
+    tags, changes = cs.observe_customers(states, [("c", first)], FACTORS, rules, NOW)
     st = states["c"]
-    assert moved == {"c": None} and st.segment == "local_preference" and st.version == 1
+    assert tags == ["local_preference"] and st.segment == "local_preference" and st.version == 1
+    assert changes == [st.last_change]
     assert st.last_change["event_id"] == "cseg:c:1" and st.last_change["previous_segment"] is None
-    # Then the customer keeps choosing the cheapest candidate: behaviour pulls to price.
+    # Then the customer keeps choosing the cheapest candidate: behaviour pulls to price,
+    # from the observation on whose evidence crosses the threshold (not from the batch end).
     cheap = [_session_obs(i, [[0.95, 0.2, 0.5, 0.5], [0.1, 0.8, 0.5, 0.5]], 0) for i in range(12)]
-    cs.accumulate_customers(states, [("c", o) for o in cheap], FACTORS, rules)
-    moved = cs.reclassify(states, ["c"], FACTORS, rules, NOW)
-    assert moved == {"c": "local_preference"} and st.segment == "price_sensitive"
-    assert st.version == 2 and st.evidence == "both" and st.rule == "price_emphasis"
-    assert cs.reclassify(states, ["c"], FACTORS, rules, NOW) == {}  # no change, no event
+    tags, changes = cs.observe_customers(states, [("c", o) for o in cheap], FACTORS, rules, NOW)
+    k = tags.index("price_sensitive")
+    assert k >= rules.min_choices - 1  # behaviour counts from min_choices choices on
+    assert tags == ["local_preference"] * k + ["price_sensitive"] * (12 - k)
+    assert st.segment == "price_sensitive" and st.version == 2
+    assert st.evidence == "both" and st.rule == "price_emphasis"
+    # The change event describes the customer when it changed, not at the end of the batch.
+    [change] = changes
+    assert change == st.last_change and change["event_id"] == "cseg:c:2"
+    assert change["previous_segment"] == "local_preference" and change["sessions"] == 1 + k + 1
+    more = _session_obs(12, [[0.95, 0.2, 0.5, 0.5], [0.1, 0.8, 0.5, 0.5]], 0)
+    assert cs.observe_customers(states, [("c", more)], FACTORS, rules, NOW)[1] == []  # no event
     # Equal to classifying the same evidence directly.
     direct = classify_segments(
         FACTORS, np.array([[0.1, 0.1, 0.1, 0.9]]),
@@ -330,6 +338,39 @@ def test_segment_from_stated_preferences_then_behaviour_and_change_events():
                             np.zeros(12, int), np.zeros(12, int), 1, price_index=0),
     )  # fmt: skip
     assert direct.segments.tolist() == ["price_sensitive"]
+
+
+def test_segments_do_not_depend_on_where_batches_begin_and_end():
+    """Customers classified after each observation: the same tags and change events however
+    the observations are cut into batches (with the table's pack/unpack in between)."""
+    rng = np.random.default_rng(11)
+    rules = SegmentRules()
+    items = []
+    for i in range(240):
+        k = int(rng.integers(2, 5))
+        stated = rng.uniform(size=len(FACTORS)).round(2).tolist() if i % 4 == 0 else None
+        obs = _session_obs(i, rng.uniform(size=(k, len(FACTORS))).round(3).tolist(),
+                           int(rng.integers(-1, k)), stated=stated)  # fmt: skip
+        items.append((f"c{i % 6}", {**obs, "customer_id": f"c{i % 6}"}))
+
+    def run(cuts: list[int]) -> tuple[list[str], list[dict], dict[str, bytes]]:
+        blobs: dict[str, bytes] = {}
+        tags, changes = [], []
+        for lo, hi in zip([0, *cuts], [*cuts, len(items)], strict=True):
+            states = {c: cs.CustomerState.unpack(b) for c, b in blobs.items()}
+            for c, _ in items[lo:hi]:
+                states.setdefault(c, cs.CustomerState(len(FACTORS)))
+            t, ch = cs.observe_customers(states, items[lo:hi], FACTORS, rules, NOW)
+            tags += t
+            changes += ch
+            blobs.update({c: st.pack() for c, st in states.items()})
+        return tags, changes, blobs
+
+    whole = run([])
+    # The customers do move between segments as their evidence builds up (else trivial).
+    assert len(whole[1]) > 6 and len(set(whole[0])) > 1
+    for cuts in ([1, 2, 3], [100], sorted(rng.choice(np.arange(1, 240), 20, replace=False))):
+        assert run([int(c) for c in cuts]) == whole
 
 
 def test_customer_recognises_resent_observations_by_source():
@@ -519,6 +560,28 @@ def test_defaults_below_the_minimum_sample_then_learned(config):
     assert pub.weights.sum() == pytest.approx(1.0)
     again = cs.current_weights(cs.SegmentState.unpack(st.pack()), config)
     np.testing.assert_allclose(again.weights, pub.weights)
+
+
+def test_segment_weights_do_not_depend_on_where_batches_begin_and_end(config):
+    """The worker's batches are cut by poll timing; the weights must not notice."""
+    rng = np.random.default_rng(6)
+    observations = _simulated(rng, 730, np.array([0.5, 0.25, 0.15, 0.1]))
+
+    def run(sizes: list[int]) -> tuple[cs.SegmentState, np.ndarray]:
+        blob, start = cs.SegmentState().pack(), 0
+        for size in sizes:
+            st = cs.SegmentState.unpack(blob)  # through the table value, as in the worker
+            cs.fit_segment(st, observations[start : start + size], config)
+            blob, start = st.pack(), start + size
+        assert start == len(observations)
+        st = cs.SegmentState.unpack(blob)
+        return st, cs.current_weights(st, config).weights
+
+    one, weights = run([730])
+    assert one.model is not None and len(one.model["open_block"]) == 730 % config.block_size
+    for sizes in ([500, 230], [1] * 30 + [700], [37] * 19 + [27]):
+        st, w = run(sizes)
+        assert st.model == one.model and np.array_equal(w, weights)
 
 
 def test_interaction_only_batch_does_not_update_the_model(config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 
@@ -397,3 +398,90 @@ def test_weight_standard_errors_match_simulated_spread(streamed, config):
     draws = rng.multivariate_normal(streamed.mean, streamed.covariance, size=4000)
     mapped = np.array([cm.coefficients_to_weights(d[:6], 0.01, 0.5)[0] for d in draws])
     np.testing.assert_allclose(pub.standard_errors, mapped.std(axis=0), rtol=0.08)
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def _split(n: int, rng: np.random.Generator, pieces: int) -> list[int]:
+    return [0, *sorted(rng.choice(np.arange(1, n), pieces, replace=False).tolist()), n]
+
+
+def test_absorb_does_not_depend_on_how_the_sessions_are_split():
+    """Per fixed-size block: the same sessions in the same order give the same state, bit for
+    bit, however they are cut into calls (through the JSON form in between, as in a table)."""
+    rng = np.random.default_rng(21)
+    X, mask, chosen = ragged_batch(rng, n=230, F=3)
+    cfg = cm.ChoiceModelConfig(factors=("a", "b", "c"), block_size=16)
+    whole = cm.absorb(cm.initial_state(cfg), X, mask, chosen, cfg)
+    assert whole.n_sessions == 230 and len(whole.open_block) == 230 % 16
+    assert whole.n_no_choice == int((chosen < 0).sum())
+    for pieces in (1, 7, 40):
+        state = cm.initial_state(cfg)
+        edges = _split(230, rng, pieces)
+        for lo, hi in itertools.pairwise(edges):
+            state = cm.absorb(state, X[lo:hi], mask[lo:hi], chosen[lo:hi], cfg)
+            state = cm.ChoiceModelState.from_dict(json.loads(json.dumps(state.to_dict())))
+        assert np.array_equal(state.mean, whole.mean)
+        assert np.array_equal(state.precision, whole.precision)
+        assert state.to_dict() == whole.to_dict()
+        assert np.array_equal(
+            cm.publish_weights(state, cfg).weights, cm.publish_weights(whole, cfg).weights
+        )
+
+
+def test_one_update_per_batch_depends_on_the_batches():
+    """Why blocks: a Laplace update over a batch differs from updates over its halves."""
+    rng = np.random.default_rng(22)
+    X, mask, chosen = simulate(rng, 400)
+    cfg = cm.ChoiceModelConfig(factors=FACTORS)
+    once = cm.update(cm.initial_state(cfg), X, mask, chosen, cfg)
+    halves = cm.update(cm.initial_state(cfg), X[:150], mask[:150], chosen[:150], cfg)
+    halves = cm.update(halves, X[150:], mask[150:], chosen[150:], cfg)
+    assert np.abs(once.mean - halves.mean).max() > 1e-3
+
+
+def test_estimate_absorbs_the_open_block_provisionally():
+    rng = np.random.default_rng(23)
+    X, mask, chosen = ragged_batch(rng, n=30, F=3)
+    cfg = cm.ChoiceModelConfig(factors=("a", "b", "c"), block_size=50, min_sample_size=0)
+    prior = cm.initial_state(cfg)
+    state = cm.absorb(prior, X, mask, chosen, cfg)
+    # Nothing committed yet: the stored posterior is still the prior.
+    assert np.array_equal(state.mean, prior.mean) and len(state.open_block) == 30
+    est = cm.estimate(state, cfg)
+    direct = cm.update(prior, X, mask, chosen, cfg)
+    assert np.array_equal(est.mean, direct.mean) and est.n_sessions == direct.n_sessions == 30
+    assert est.open_block == () and cm.estimate(est, cfg) is est
+    assert cm.publish_weights(state, cfg).to_dict() == cm.publish_weights(direct, cfg).to_dict()
+    with pytest.raises(ValueError, match="open block"):
+        cm.update(state, X, mask, chosen, cfg)
+
+
+def test_state_written_before_blocks_existed_still_loads():
+    old = {"version": 1, "mean": [1.0, 2.0, 0.5], "precision": [[2, 0, 0], [0, 2, 0], [0, 0, 2]],
+           "n_sessions": 7, "n_no_choice": 1}  # fmt: skip
+    state = cm.ChoiceModelState.from_dict(old)
+    assert state.open_block == () and state.n_sessions == 7
+    assert state.to_dict() == {**old, "precision": state.precision.tolist(), "open_block": []}
+
+
+def test_block_size_must_be_positive():
+    with pytest.raises(ValueError, match="block_size"):
+        cm.ChoiceModelConfig(factors=("a", "b"), block_size=0)
+    with pytest.raises(ValueError, match="block_max_scores"):
+        cm.ChoiceModelConfig(factors=("a", "b"), block_max_scores=0)
+
+
+def test_a_block_of_large_sessions_closes_early_and_still_ignores_the_batches():
+    """The open block is kept in a table value: it is bounded by its factor scores too."""
+    rng = np.random.default_rng(24)
+    X, mask, chosen = ragged_batch(rng, n=120, F=3)  # 1..4 candidates of 3 scores
+    cfg = cm.ChoiceModelConfig(factors=("a", "b", "c"), block_size=100, block_max_scores=60)
+    whole = cm.absorb(cm.initial_state(cfg), X, mask, chosen, cfg)
+    assert sum(x.size for x, _ in whole.open_block) < 60
+    assert whole.n_sessions - len(whole.open_block) > 0  # blocks closed before 100 sessions
+    state = cm.initial_state(cfg)
+    for lo, hi in itertools.pairwise([0, 1, 5, 33, 34, 90, 120]):
+        state = cm.absorb(state, X[lo:hi], mask[lo:hi], chosen[lo:hi], cfg)
+    assert state.to_dict() == whole.to_dict()

@@ -20,6 +20,23 @@ upper bound of CTR is below ``LOOPWISE_DISABLE_CTR`` is disabled (weight 0) and 
 ``actions``. A disabled algorithm gets no traffic, so its evidence ages out of the window;
 it is then enabled again — re-probed at its exploration share — and disabled again if it is
 still bad. The cool-down is therefore the window length.
+
+Modes (recorded in every ``weights.algorithms`` event):
+
+* ``stationary`` (default): Beta(1 + successes, 1 + failures) over all counts.
+* ``discounted`` (``LOOPWISE_BANDIT_HALF_LIFE_S`` > 0): every trial weighs
+  ``0.5**((ref − t)/h)`` by its impression's event time ``t``; each partial keeps its own
+  discounted counts at its own reference time, and the publisher decays all of them to the
+  latest reference before summing, so the result does not depend on how events were spread
+  over partitions and batches. The event carries ``half_life_s`` and ``reference_ts``.
+* ``contextual`` (``LOOPWISE_BANDIT_CONTEXTUAL``): additionally, every trial adds its
+  impression's context ``x = [1, user vector when served]`` to the linear-regression
+  statistics ``Σ x xᵀ``, ``Σ r x`` of its (segment, algorithm); the summed statistics ride on
+  the event (``algorithms[].linear``), so Redis, PostgreSQL and the topic hold them like the
+  posteriors, and ``GET /users/{id}/strategy`` turns them into per-user weights by linear
+  Thompson sampling (:func:`contextual_strategy`). With a half-life the statistics are
+  discounted like the counts. The Beta posteriors (discounted or not) stay the segment-level
+  fallback.
 """
 
 from __future__ import annotations
@@ -40,11 +57,20 @@ from agents.bandit_attribution import (
     Signal,
     apply_signals,
     close_windows,
+    encode_context,
+    sum_context,
+    sum_discounted,
     sum_partials,
 )
 from agents.learning.autodisable import clopper_pearson
 from agents.learning.segments import SEGMENTS
-from agents.learning.thompson import ExplorationConfig, prob_best_exact, serving_weights
+from agents.learning.thompson import (
+    ExplorationConfig,
+    LinearThompson,
+    linear_context,
+    prob_best_exact,
+    serving_weights,
+)
 from streams.app import app, postgres, redis_values, settings, topic
 from streams.boundary import Valid
 from streams.codecs import encode
@@ -59,6 +85,10 @@ ALGORITHM_INDEX = {name: i for i, name in enumerate(ALGORITHMS)}
 SEGMENT_INDEX = {name: i for i, name in enumerate(SEGMENTS)}
 WINDOW_MS = int(settings.attribution_window_s * 1000)
 KEEP_DAYS = settings.disable_window_days + 1
+HALF_LIFE_MS = settings.bandit_half_life_s * 1000.0  # 0: stationary
+# Context = [1, preference vector]; 0 keeps no contextual statistics.
+CTX_DIM = settings.item_dim + 1 if settings.bandit_contextual else 0
+MODE = "contextual" if CTX_DIM else ("discounted" if HALF_LIFE_MS > 0 else "stationary")
 
 bandits_table = app.Table(
     "bandits", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
@@ -82,9 +112,25 @@ def partial_key(partition: int) -> str:
     return f"partial|{partition}"
 
 
+def new_partial() -> Partial:
+    return Partial(len(SEGMENTS), len(ALGORITHMS), half_life_ms=HALF_LIFE_MS, ctx_dim=CTX_DIM)
+
+
 def load_partial(partition: int) -> Partial:
     blob = bandits_table.get(partial_key(partition))
-    return Partial.from_bytes(blob) if blob else Partial(len(SEGMENTS), len(ALGORITHMS))
+    if not blob:
+        return new_partial()
+    partial = Partial.from_bytes(blob)
+    if partial.configure(HALF_LIFE_MS, CTX_DIM) and partition not in _reconfigured:
+        # Saved with the partition's next change (until then every load repeats this);
+        # the integer counts are untouched.
+        _reconfigured.add(partition)
+        log.warning("bandits: partition %d restarts its %s statistics (setting changed)",
+                    partition, MODE)  # fmt: skip
+    return partial
+
+
+_reconfigured: set[int] = set()
 
 
 def get_record(key: str) -> dict[str, Any] | None:
@@ -111,10 +157,33 @@ def unknown_algorithm(valid: Valid) -> str | None:
     return None
 
 
+def user_context(user_id: str) -> str:
+    """Contextual mode: the impression's context, ``[1, the user's stored vector]``.
+
+    The stored vector is the one from before the current batch, i.e. the one the server
+    had when it chose the algorithm; a user not stored yet has the zero vector.
+    """
+    from agents.preference_state import PreferenceState
+    from agents.preferences import preferences_table  # imports this module: late import
+
+    blob = preferences_table.get(user_id)
+    vector = PreferenceState.unpack(blob).vector if blob else None
+    if vector is None or vector.shape != (CTX_DIM - 1,):
+        vector = np.zeros(CTX_DIM - 1)
+    return encode_context(linear_context(vector))
+
+
+def _cached_context(cache: dict[str, str], user_id: str) -> str:
+    if user_id not in cache:
+        cache[user_id] = user_context(user_id)
+    return cache[user_id]
+
+
 async def attribute(implicit: list[Valid], segment_of: dict[str, str]) -> None:
     """Attribution for a batch's implicit events (already de-duplicated per user upstream
     only for learning — attribution keeps its own offsets, so it sees every event)."""
     by_partition: dict[int, list[Signal]] = defaultdict(list)
+    contexts: dict[str, str] = {}  # one stored vector per user and batch
     for v in implicit:
         p = v.payload
         if p["kind"] not in ("impression", "click", "conversion") or "impression_id" not in p:
@@ -130,6 +199,9 @@ async def attribute(implicit: list[Valid], segment_of: dict[str, str]) -> None:
                 segment=SEGMENT_INDEX[segment_of.get(p["user_id"]) or "new"]
                 if is_impression
                 else -1,
+                context=_cached_context(contexts, p["user_id"])
+                if is_impression and CTX_DIM
+                else None,
             )
         )
     for partition, signals in by_partition.items():
@@ -231,40 +303,107 @@ class PartialsReader(faust.Service):
 _published_disabled: dict[str, set[str]] = {}
 
 
+def posteriors(
+    partials: list[Partial], half_life_ms: float
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(S, K) Beta alpha and beta of every (segment, algorithm), and the discount reference.
+
+    Stationary (``half_life_ms`` 0): Beta(1 + successes, 1 + failures) of the summed counts.
+    Discounted: the same over the discounted counts, every partial decayed to the latest
+    reference time first (:func:`agents.bandit_attribution.sum_discounted`); before any
+    partial kept discounted counts, the prior and reference None.
+    """
+    if half_life_ms > 0:
+        try:
+            successes, failures, ref = sum_discounted(partials, half_life_ms)
+        except ValueError:
+            shape = (len(SEGMENTS), len(ALGORITHMS))
+            return np.ones(shape), np.ones(shape), None
+        # ref 0: no trial counted yet, nothing to refer to
+        return 1.0 + successes, 1.0 + failures, ref or None
+    trials, successes = sum_partials(partials)
+    return 1.0 + successes, 1.0 + (trials - successes), None
+
+
 def segment_weights(
-    segment: str, trials: np.ndarray, successes: np.ndarray, window_trials: np.ndarray,
-    window_successes: np.ndarray, version: int,
+    segment: str, alpha: np.ndarray, beta: np.ndarray, window_trials: np.ndarray,
+    window_successes: np.ndarray, version: int, *, reference_ts: int | None = None,
+    linear: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    names: tuple[str, ...] = ALGORITHMS,
 ) -> dict[str, Any]:  # fmt: skip
-    """The ``weights.algorithms`` event of one segment from its (K,) counts."""
-    alpha = 1.0 + successes
-    beta = 1.0 + (trials - successes)
+    """The ``weights.algorithms`` event of one segment from its (K,) posteriors and window
+    counts; ``linear`` is the segment's (K, D, D) Σ x xᵀ, (K, D) Σ r x, (K,) trials;
+    ``names`` the K algorithms (the configured ones)."""
+    if len(names) != len(alpha):
+        raise ValueError(f"{len(alpha)} posteriors for {len(names)} algorithms")
     best = prob_best_exact(alpha, beta)
     _, upper = clopper_pearson(window_successes, window_trials)
     disabled = (window_trials >= settings.disable_min_impressions) & (upper < settings.disable_ctr)
     eps = float(getattr(exploration, segment))
     weights = serving_weights(best, eps, enabled=~disabled)
-    return {
+    algorithms = [
+        {
+            "name": name,
+            "alpha": float(alpha[k]),
+            "beta": float(beta[k]),
+            "mean": float(alpha[k] / (alpha[k] + beta[k])),
+            "prob_best": float(best[k]),
+            "weight": float(weights[k]),
+            "disabled": bool(disabled[k]),
+        }
+        for k, name in enumerate(names)
+    ]
+    event: dict[str, Any] = {
         "event_id": f"alg:{segment}:{version}",
         "schema_version": 1,
         "ts": int(time.time() * 1000),
         "segment": segment,
-        "algorithms": [
-            {
-                "name": name,
-                "alpha": float(alpha[k]),
-                "beta": float(beta[k]),
-                "mean": float(alpha[k] / (alpha[k] + beta[k])),
-                "prob_best": float(best[k]),
-                "weight": float(weights[k]),
-                "disabled": bool(disabled[k]),
-            }
-            for k, name in enumerate(ALGORITHMS)
-        ],
+        "algorithms": algorithms,
         "exploration_rate": eps,
-        "seed": 0,
-        "mode": "stationary",
+        "seed": 0,  # prob_best is exact: no sampler
+        "mode": MODE,
         "version": version,
     }
+    if HALF_LIFE_MS > 0:
+        event["half_life_s"] = HALF_LIFE_MS / 1000.0
+        if reference_ts is not None:
+            event["reference_ts"] = int(reference_ts)
+    if linear is not None:
+        xx, xr, n = linear
+        for k, algo in enumerate(algorithms):
+            algo["linear"] = {"n": int(n[k]), "xx": xx[k].tolist(), "xr": xr[k].tolist()}
+        event["contextual"] = {"dim": int(xr.shape[-1]), "lam": settings.bandit_linear_lambda,
+                               "v": settings.bandit_linear_v}  # fmt: skip
+    return event
+
+
+def contextual_strategy(
+    event: dict[str, Any], vector: np.ndarray | None, seed: int, n_draws: int = 4000
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-user (choice probabilities, serving weights) from a contextual event, or None.
+
+    The choice probability of an algorithm is how often linear Thompson sampling would pick
+    it for this user's context ``[1, vector]`` (Monte Carlo with ``seed``); the weights mix
+    it with the segment's ε and drop disabled algorithms exactly like the segment weights.
+    None when the event carries no linear statistics or their dimension does not fit the
+    vector (the caller serves the segment weights).
+    """
+    ctx = event.get("contextual")
+    algos = event["algorithms"]
+    if not ctx or not all("linear" in a for a in algos):
+        return None
+    dim = int(ctx["dim"])
+    v = np.zeros(dim - 1) if vector is None else np.asarray(vector, dtype=float)
+    if v.shape != (dim - 1,):
+        return None
+    model = LinearThompson.from_dict({
+        "n_arms": len(algos), "dim": dim, "lam": ctx["lam"], "v": ctx["v"],
+        "xx": [a["linear"]["xx"] for a in algos], "xr": [a["linear"]["xr"] for a in algos],
+        "counts": [a["linear"]["n"] for a in algos],
+    })  # fmt: skip
+    probs = model.choice_probabilities(linear_context(v), n_draws=n_draws, rng=seed).probs
+    enabled = ~np.array([bool(a.get("disabled")) for a in algos])
+    return probs, serving_weights(probs, float(event["exploration_rate"]), enabled=enabled)
 
 
 async def publish() -> int:
@@ -272,12 +411,22 @@ async def publish() -> int:
     partials = partials_view.snapshot()
     if not partials:
         return 0
-    trials, successes = sum_partials(partials)
+    alpha, beta, ref = posteriors(partials, HALF_LIFE_MS)
     since = int(time.time() * 1000) // DAY_MS - settings.disable_window_days + 1
     w_trials, w_successes = sum_partials(partials, since_day=since)
+    linear = sum_context(partials, CTX_DIM, HALF_LIFE_MS) if CTX_DIM else None
     version = int(time.time() * 1000)
     events = [
-        segment_weights(seg, trials[s], successes[s], w_trials[s], w_successes[s], version)
+        segment_weights(
+            seg,
+            alpha[s],
+            beta[s],
+            w_trials[s],
+            w_successes[s],
+            version,
+            reference_ts=ref,
+            linear=None if linear is None else (linear[0][s], linear[1][s], linear[2][s]),
+        )
         for s, seg in enumerate(SEGMENTS)
     ]
     payloads = [encode(ev) for ev in events]

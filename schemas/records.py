@@ -346,6 +346,9 @@ class WeightsAlgorithms(EventRecord):
     seed: int
     mode: str
     version: int
+    half_life_s: float | None = None
+    reference_ts: int | None = None
+    contextual: dict[str, Any] | None = None
 
 
 class WeightsPreferences(EventRecord):

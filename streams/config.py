@@ -957,9 +957,16 @@ class Settings:
             )
         if self.segment_power_above < self.segment_new_below:
             errors.append("LOOPWISE_SEGMENT_POWER_ABOVE must be >= LOOPWISE_SEGMENT_NEW_BELOW")
-        if self.bandit_contextual and self.item_dim > 64:
-            # (d+1)² floats per (segment, algorithm) travel in every partial and weights event
-            errors.append("LOOPWISE_BANDIT_CONTEXTUAL needs LOOPWISE_ITEM_DIM <= 64")
+        if self.bandit_contextual:
+            # (d+1)² float64 per (segment, algorithm), base64, travel in every bandits partial:
+            # it must fit a default Kafka message (1 MB) with room for the counts.
+            partial_bytes = 4 * len(self.algorithms) * (self.item_dim + 1) ** 2 * 8 * 4 // 3
+            if self.item_dim > 64 or partial_bytes > 800_000:
+                errors.append(
+                    "LOOPWISE_BANDIT_CONTEXTUAL needs LOOPWISE_ITEM_DIM <= 64 and "
+                    f"algorithms x (dim + 1)^2 small enough: a partial would be {partial_bytes}"
+                    " bytes (> 800000)"
+                )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             errors.append(f"REDIS_URL={self.redis_url!r}: expected redis://, rediss:// or unix://")
         if not self.database_url.startswith(("postgresql://", "postgres://")):

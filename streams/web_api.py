@@ -3,6 +3,7 @@
 ``POST /feedback``                      validate, produce to the right topic, 202 + event id
 ``GET  /users/{id}/weights``            the user's latest preference vector
 ``GET  /users/{id}/strategy``           segment, algorithm weights, exploration, disabled set
+                                        (per user in contextual mode)
 ``GET  /segments/{segment}/scoring-weights``  the segment's choice-scoring weights
 
 Fallbacks when a Redis key is missing (documented in the README): weights and strategy fall
@@ -16,12 +17,15 @@ gives 503, never a made-up value.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
 import orjson
 from faust.web import Request, Response, View
 
+from agents.bandits import contextual_strategy
 from agents.learning.preference import EXPLICIT_KINDS, IMPLICIT_KINDS
 from streams.app import app, postgres, redis_values, settings, topic
 from streams.codecs import EventDecoder, Rejected, key_of
@@ -148,18 +152,33 @@ class UserStrategyView(_APIView):
             weights = await user_weights(user_id)
             segment = (weights or {}).get("segment") or "new"
             algos = await segment_algorithms(segment)
+            served = [
+                {k: a[k] for k in ("name", "weight", "prob_best", "disabled") if k in a}
+                for a in algos["algorithms"]
+            ]
+            body: dict[str, Any] = {"strategy": "segment"}
+            if algos.get("mode") == "contextual":
+                # A seed fixed per (user, published version): the same answer until the
+                # models change, and a decision's propensity can be recomputed from it.
+                seed = zlib.crc32(f"{user_id}:{algos.get('version')}".encode())
+                vector = None if weights is None else np.asarray(weights["vector"], dtype=float)
+                per_user = contextual_strategy(algos, vector, seed)
+                if per_user is not None:
+                    probs, mixed = per_user
+                    for a, p, w in zip(served, probs, mixed, strict=True):
+                        a["prob_best"], a["weight"] = float(p), float(w)
+                    body = {"strategy": "contextual", "seed": seed}
             return self.json({
                 "user_id": user_id,
                 "segment": segment,
                 "known_user": weights is not None,
                 "exploration_rate": algos["exploration_rate"],
-                "algorithms": [
-                    {k: a[k] for k in ("name", "weight", "prob_best", "disabled") if k in a}
-                    for a in algos["algorithms"]
-                ],
+                "algorithms": served,
                 "disabled": [a["name"] for a in algos["algorithms"] if a.get("disabled")],
                 "version": algos.get("version"),
                 "source": algos["source"],
+                "mode": algos.get("mode", "stationary"),
+                **body,
             })  # fmt: skip
 
         return await self._run(handle)

@@ -38,6 +38,7 @@ __all__ = [
     "LinearThompson",
     "MonteCarloProbBest",
     "exploration_rate",
+    "linear_context",
     "prob_best_exact",
     "prob_best_mc",
     "sample_arms",
@@ -581,6 +582,21 @@ class BetaPosteriors:
 # --------------------------------------------------------------------------------------------
 # Linear Thompson sampling (contextual)
 # --------------------------------------------------------------------------------------------
+
+
+def linear_context(vector: np.ndarray) -> np.ndarray:
+    """The context of a linear Thompson model for a user: ``[1, v]``.
+
+    The leading 1 is the intercept: it carries each algorithm's base rate, so a user whose
+    vector is still zero (new) gets the algorithms' average rates rather than a tie.
+
+    >>> linear_context(np.array([0.5, -0.25], dtype=np.float32)).tolist()
+    [1.0, 0.5, -0.25]
+    """
+    v = np.asarray(vector, dtype=float)
+    if v.ndim != 1:
+        raise ValueError(f"vector must have shape (d,), got {v.shape}")
+    return np.concatenate([[1.0], v])
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
+
 from faust.worker import Worker
 
 import agents.bandits
@@ -24,7 +28,30 @@ AGENT_MODULES = (
 )
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+log = logging.getLogger(__name__)
+
+
+def cap_malloc_arenas(arenas: int = 2) -> bool:
+    """Limit glibc to ``arenas`` malloc arenas for the threads created from now on.
+
+    glibc gives each thread that allocates its own arena (up to 8 per core); the worker's
+    threads (the Kafka consumer thread, librdkafka readers, ``asyncio.to_thread`` pools) each
+    hold on to freed pages in theirs, so resident memory crept up under a steady load (+13 %
+    over a 10-minute soak, Python allocations flat); with two arenas it grew 5.6 % over 8
+    minutes. The same as ``MALLOC_ARENA_MAX=2``, which an operator may set instead."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    try:
+        return bool(ctypes.CDLL(libc_name).mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return False
+
+
 def run_worker() -> None:
+    # Before faust starts any thread (see cap_malloc_arenas).
+    cap_malloc_arenas()
     # The web port and host come from the app's configuration (streams.app).
     worker = Worker(app, loglevel=settings.log_level.upper())
     worker.execute_from_commandline()

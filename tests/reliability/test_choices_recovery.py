@@ -27,7 +27,8 @@ from tests.integration.test_choices_pipeline import (
 )
 from tests.reliability import summary
 
-pytestmark = pytest.mark.integration
+# make test-reliability only (about a minute); make test runs the preferences kill test.
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 N = 2000  # sessions
 
 

@@ -24,7 +24,8 @@ from tests.integration.test_experiments_pipeline import (
 )
 from tests.reliability import summary
 
-pytestmark = pytest.mark.integration
+# make test-reliability only (about 40 s); make test runs the preferences kill test.
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 def test_crashes_between_units_aggregate_and_sinks_change_no_count(

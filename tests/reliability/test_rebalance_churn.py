@@ -18,7 +18,8 @@ from tests.reliability.workload import (
     wait_committed_past,
 )
 
-pytestmark = pytest.mark.integration
+# make test-reliability only: scale-out (in make test) covers one join and leave.
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 CYCLES = int(os.environ.get("LOOPWISE_FAULT_CHURN_CYCLES", "3"))
 

@@ -138,6 +138,14 @@ require_free_port() {
   if port_open 127.0.0.1 "$port"; then
     die "$svc" "port $port on 127.0.0.1 is already in use by a process these scripts did not start (run dir $RUN_DIR); stop it or pick another port with $var=<port>"
   fi
+  # A port in the ephemeral range can be taken by a client's own outgoing connection while
+  # the service is down (a loopback client retrying 127.0.0.1:PORT may connect to itself),
+  # and then the service cannot bind it again after a restart.
+  local low high
+  if read -r low high </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null &&
+    ((port >= low && port <= high)); then
+    say "$svc" "WARNING: port $port is in the ephemeral range $low-$high; a restart may find it taken by a client's connection; prefer a port below $low ($var)"
+  fi
 }
 
 # host:port of the first entry of a Kafka bootstrap list (any PROTOCOL:// prefix dropped).

@@ -776,15 +776,19 @@ def test_bandit_allocation_shifts_toward_the_known_winner(dep: Deployment) -> No
         result = wait_for(seen, what=f"round {r} processed")
         weights = [v["allocation"] for v in result["variants"]]
 
-    decisions = pg(
-        dep,
-        "SELECT action_id, parameters FROM experiment_decisions "
-        "WHERE experiment_id = %s AND kind = 'reallocate_traffic' ORDER BY decided_at",
-        exp,
-    )
-    assert decisions and decisions[0][0] == f"realloc:{exp}:1"
-    last = decisions[-1][1]["weights"]
-    assert last == pytest.approx(weights)
+    def recorded() -> list | None:
+        # The decision row is written after the result that carries the new weights, so
+        # wait for the last reallocation to reach PostgreSQL too.
+        rows = pg(
+            dep,
+            "SELECT action_id, parameters FROM experiment_decisions "
+            "WHERE experiment_id = %s AND kind = 'reallocate_traffic' ORDER BY decided_at",
+            exp,
+        )
+        return rows if rows and rows[-1][1]["weights"] == pytest.approx(weights) else None
+
+    decisions = wait_for(recorded, what="the last reallocation in PostgreSQL")
+    assert decisions[0][0] == f"realloc:{exp}:1"
     (stored,) = pg(dep, "SELECT current_weights FROM experiments WHERE experiment_id = %s", exp)
     assert [stored[0][n] for n in names] == pytest.approx(weights)
     print(f"bandit: allocation after {rounds} rounds {dict(zip(names, weights, strict=True))}, "

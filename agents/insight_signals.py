@@ -127,8 +127,17 @@ def _clip01(x: float) -> float:
     return float(round(min(1.0, max(0.0, x)), 6))
 
 
-def _subject(component: str, group: str) -> str:
-    return f"{component}/{group}"
+def _insight(rule: str, component: str, group: str, metric: str, **fields: Any) -> Insight:
+    """An insight whose id and subject follow from its rule, component, group and metric (the
+    id is what de-duplicates it across records)."""
+    return Insight(
+        insight_id=stable_id(rule, component, group, metric),
+        subject=f"{component}/{group}",
+        component=component,
+        metric=metric,
+        group=group,
+        **fields,
+    )
 
 
 # --------------------------------------------------------------------------- algorithms
@@ -185,13 +194,12 @@ def algorithm_insights(
         gap = (mean - best_mean) / best_mean if best_mean > 0 else 0.0
         below = float(stats.beta.cdf(cfg.disable_ctr, float(a["alpha"]), float(a["beta"])))
         out.append(
-            Insight(
-                insight_id=stable_id("algorithm-disabled", "bandits", group, "ctr"),
-                subject=_subject("bandits", group),
-                component="bandits",
+            _insight(
+                "algorithm-disabled",
+                "bandits",
+                group,
+                "ctr",
                 kind="underperformance",
-                metric="ctr",
-                group=group,
                 direction="disabled",
                 title=f"algorithm {name} disabled in segment {segment}"[:256],
                 evidence={
@@ -238,13 +246,12 @@ def algorithm_insights(
             mean, runner_mean = float(top["mean"]), float(runner["mean"])
             weight = _num(top.get("weight"))
             out.append(
-                Insight(
-                    insight_id=iid,
-                    subject=_subject("bandits", group),
-                    component="bandits",
+                _insight(
+                    "algorithm-dominant",
+                    "bandits",
+                    group,
+                    "ctr",
                     kind="opportunity",
-                    metric="ctr",
-                    group=group,
                     direction="dominant",
                     title=f"algorithm {name} is best in segment {segment}"[:256],
                     evidence={
@@ -404,13 +411,12 @@ def experiment_insights(
             lift = ev.get("lift")
             how = f"lift {lift:+.1%}" if lift is not None else "significantly"
             out.append(
-                Insight(
-                    insight_id=stable_id("experiment-winner", "experiments", group, metric),
-                    subject=_subject("experiments", group),
-                    component="experiments",
+                _insight(
+                    "experiment-winner",
+                    "experiments",
+                    group,
+                    metric,
                     kind="experiment",
-                    metric=metric,
-                    group=group,
                     direction="winner",
                     title=f"experiment {exp}: {winner} wins on {metric}"[:256],
                     evidence=ev,
@@ -436,13 +442,12 @@ def experiment_insights(
             ev = {**common, **_comparison_evidence(best, n_of), "best_treatment": best["variant"]}
             beat = ev.get("chance_to_beat_control")
             out.append(
-                Insight(
-                    insight_id=stable_id("experiment-winner", "experiments", group, metric),
-                    subject=_subject("experiments", group),
-                    component="experiments",
+                _insight(
+                    "experiment-winner",
+                    "experiments",
+                    group,
+                    metric,
                     kind="experiment",
-                    metric=metric,
-                    group=group,
                     direction="no_winner",
                     title=f"experiment {exp}: no treatment beat {control} on {metric}"[:256],
                     evidence=ev,
@@ -506,13 +511,12 @@ def experiment_insights(
             )
             action = "rollback_variant"
         out.append(
-            Insight(
-                insight_id=stable_id("experiment-guardrail", "experiments", vgroup, metric),
-                subject=_subject("experiments", vgroup),
-                component="experiments",
+            _insight(
+                "experiment-guardrail",
+                "experiments",
+                vgroup,
+                metric,
                 kind="experiment",
-                metric=metric,
-                group=vgroup,
                 direction="guardrail_violated",
                 title=f"experiment {exp}: {variant} harms guardrail {metric}"[:256],
                 evidence=ev,
@@ -532,13 +536,12 @@ def experiment_insights(
         # doubt, and nothing else says so.
         running = status == "running"
         out.append(
-            Insight(
-                insight_id=stable_id("experiment-srm", "experiments", group, "srm"),
-                subject=_subject("experiments", group),
-                component="experiments",
+            _insight(
+                "experiment-srm",
+                "experiments",
+                group,
+                "srm",
                 kind="anomaly",
-                metric="srm",
-                group=group,
                 direction="sample_ratio_mismatch",
                 title=f"experiment {exp}: sample ratio mismatch"[:256],
                 evidence={
@@ -612,13 +615,12 @@ def scoring_insights(
             "segment's customers and factor scores are consistent"
         )
     return [
-        Insight(
-            insight_id=stable_id("scoring-not-learned", "choices", group, "scoring_confidence"),
-            subject=_subject("choices", group),
-            component="choices",
+        _insight(
+            "scoring-not-learned",
+            "choices",
+            group,
+            "scoring_confidence",
             kind="threshold_breach",
-            metric="scoring_confidence",
-            group=group,
             direction="not_learned",
             title=f"scoring weights of segment {segment} not learned yet"[:256],
             evidence={

@@ -723,6 +723,15 @@ def _blocks(report: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
     return blocks
 
 
+# The section under which each plot appears, in Markdown and HTML alike.
+IMAGE_PLACEMENT = {
+    "Trends": ["trend_success_rate.png", "trend_latency_p95.png", "learning_confidence.png"],
+    "System health": ["health_alerts.png"],
+    "Improvement tickets": ["tickets_impact.png"],
+    "Experiments": ["experiments_lift.png"],
+}
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     meta = report["report_metadata"]
     lines = [
@@ -734,14 +743,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     images = report.get("images", {})
     legends = report.get("image_legends", {})
-    placement = {"Trends": ["trend_success_rate.png", "trend_latency_p95.png",
-                            "learning_confidence.png"],
-                 "System health": ["health_alerts.png"],
-                 "Improvement tickets": ["tickets_impact.png"],
-                 "Experiments": ["experiments_lift.png"]}  # fmt: skip
     for title, body in _blocks(report):
         lines += ["", f"## {title}", "", *body]
-        for name in placement.get(title, []):
+        for name in IMAGE_PLACEMENT.get(title, []):
             if name in images:
                 caption = re.sub(r"<[^>]+>", "", legends.get(name, name))
                 lines += ["", f"![{caption}]({images[name]})"]
@@ -772,11 +776,6 @@ def render_html(report: Mapping[str, Any]) -> str:
     ]
     images = report.get("images", {})
     legends = report.get("image_legends", {})
-    placement = {"Trends": ["trend_success_rate.png", "trend_latency_p95.png",
-                            "learning_confidence.png"],
-                 "System health": ["health_alerts.png"],
-                 "Improvement tickets": ["tickets_impact.png"],
-                 "Experiments": ["experiments_lift.png"]}  # fmt: skip
     for title, body in _blocks(report):
         slug = re.sub(r"[^a-z]+", "-", title.lower()).strip("-")
         out.append(f'<section id="{slug}"><h2>{html.escape(title)}</h2>')
@@ -805,7 +804,7 @@ def render_html(report: Mapping[str, Any]) -> str:
                 out.append(f"<li>{_md_inline(item)}</li>")
             elif line:
                 out.append(f"<p>{_md_inline(line)}</p>")
-        for name in placement.get(title, []):
+        for name in IMAGE_PLACEMENT.get(title, []):
             if name in images:
                 src = html.escape(images[name])
                 caption = legends.get(name, "")

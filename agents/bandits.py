@@ -76,7 +76,7 @@ from streams.boundary import Valid
 from streams.codecs import encode
 from streams.compacted import CompactedTopicReader
 from streams.metrics import EVENTS_OUT, LEARNING_ALGORITHM_WEIGHT, LEARNING_POSTERIOR_MEAN
-from streams.state import delete, put
+from streams.state import assigned_partitions, delete, put
 
 log = logging.getLogger(__name__)
 AGENT = "bandits"
@@ -224,14 +224,6 @@ async def save_partial(partition: int, partial: Partial) -> None:
     await partials_topic.send(key=str(partition).encode(), value=blob)
 
 
-def _implicit_partitions() -> set[int]:
-    name = settings.topic("feedback.implicit")
-    try:
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic == name}
-    except Exception:  # consumer not started yet
-        return set()
-
-
 def _rescan(assigned: set[int]) -> None:
     deadlines.by_partition.clear()
     for key, blob in list(bandits_table.items()):
@@ -242,7 +234,7 @@ def _rescan(assigned: set[int]) -> None:
 
 async def close_due(now_ms: int) -> None:
     """Close attribution windows whose deadline passed the partition's event time."""
-    assigned = _implicit_partitions()
+    assigned = assigned_partitions("feedback.implicit")
     for partition in assigned:
         partial = load_partial(partition)
         idle_until = now_ms - int(settings.attribution_idle_grace_s * 1000)
@@ -488,7 +480,7 @@ async def close_attribution_windows() -> None:
     from agents.preferences import windows  # the feedback agent's lock: no interleaving
 
     async with windows.lock:
-        assigned = frozenset(_implicit_partitions())
+        assigned = assigned_partitions("feedback.implicit")
         if assigned != deadlines.scanned_assignment:
             deadlines.scanned_assignment = assigned
             _rescan(set(assigned))

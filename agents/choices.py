@@ -86,7 +86,7 @@ from streams.metrics import (
     EVENTS_OUT,
     TABLE_KEYS,
 )
-from streams.state import crash_point, delete, put
+from streams.state import assigned_partitions, crash_point, delete, put
 
 log = logging.getLogger(__name__)
 AGENT = "choices"
@@ -342,14 +342,6 @@ async def choices(stream: StreamT) -> None:
     )
 
 
-def _assigned_partitions() -> frozenset[int]:
-    name = settings.topic("recs.sessions")
-    try:
-        return frozenset(tp.partition for tp in app.consumer.assignment() if tp.topic == name)
-    except Exception:  # consumer not started yet
-        return frozenset()
-
-
 async def scan_sessions(assigned: frozenset[int]) -> None:
     """Rebuild the waiting index; drop expired sessions; close sessions past the TTL."""
     now = now_ms()
@@ -390,7 +382,7 @@ async def release_waiting_events() -> None:
     if not app.tables.recovery.completed.is_set() or app.rebalancing:
         return
     async with waiting.lock:
-        assigned = _assigned_partitions()
+        assigned = assigned_partitions("recs.sessions")
         if (
             assigned != waiting.scanned_assignment
             or time.monotonic() - waiting.last_scan > settings.choice_scan_s

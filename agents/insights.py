@@ -69,7 +69,7 @@ from streams.metrics import (
     REGISTRY,
     TABLE_KEYS,
 )
-from streams.state import crash_point, put
+from streams.state import assigned_partitions, crash_point, put
 
 log = logging.getLogger(__name__)
 AGENT = "insights"
@@ -236,14 +236,6 @@ class Local:
 
 
 local = Local()
-
-
-def _assigned_partitions() -> frozenset[int]:
-    name = settings.topic("decisions")
-    try:
-        return frozenset(tp.partition for tp in app.consumer.assignment() if tp.topic == name)
-    except Exception:  # consumer not started yet
-        return frozenset()
 
 
 # --------------------------------------------------------------------------- batches
@@ -418,7 +410,7 @@ def _catching_up(partition: int, now: int) -> bool:
 
 
 async def evaluate_local(now: int) -> None:
-    assigned = _assigned_partitions()
+    assigned = assigned_partitions("decisions")
     if assigned != local.assignment:
         local.rebuild(assigned)
     components = set(local.windows) | set(local.states)

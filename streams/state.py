@@ -13,7 +13,7 @@ import os
 
 from faust.types import TableT
 
-from streams.app import settings
+from streams.app import app, settings
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +34,13 @@ def crash_point(name: str) -> None:
     if settings.crash_at == name:
         log.warning("LOOPWISE_CRASH_AT=%s: exiting at this boundary", name)
         os._exit(70)
+
+
+def assigned_partitions(topic_name: str) -> frozenset[int]:
+    """The partitions of registry topic ``topic_name`` this worker owns now (none before the
+    consumer has started)."""
+    name = settings.topic(topic_name)
+    try:
+        return frozenset(tp.partition for tp in app.consumer.assignment() if tp.topic == name)
+    except Exception:  # consumer not started yet
+        return frozenset()

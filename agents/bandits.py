@@ -151,7 +151,11 @@ deadlines = Deadlines()
 
 def unknown_algorithm(valid: Valid) -> str | None:
     """Why an impression cannot be attributed (dead-letter message), or None."""
-    p = valid.payload
+    return unknown_algorithm_of(valid.payload)
+
+
+def unknown_algorithm_of(p: dict[str, Any]) -> str | None:
+    """:func:`unknown_algorithm` for a bare payload (the implicit relay's check)."""
     if p["kind"] == "impression" and p.get("algorithm") not in ALGORITHM_INDEX:
         return f"unknown algorithm {p.get('algorithm')!r}; known: {', '.join(ALGORITHMS)}"
     return None
@@ -234,7 +238,7 @@ def _rescan(assigned: set[int]) -> None:
 
 async def close_due(now_ms: int) -> None:
     """Close attribution windows whose deadline passed the partition's event time."""
-    assigned = assigned_partitions("feedback.implicit")
+    assigned = assigned_partitions(settings.implicit_input)
     for partition in assigned:
         partial = load_partial(partition)
         idle_until = now_ms - int(settings.attribution_idle_grace_s * 1000)
@@ -480,7 +484,7 @@ async def close_attribution_windows() -> None:
     from agents.preferences import windows  # the feedback agent's lock: no interleaving
 
     async with windows.lock:
-        assigned = assigned_partitions("feedback.implicit")
+        assigned = assigned_partitions(settings.implicit_input)
         if assigned != deadlines.scanned_assignment:
             deadlines.scanned_assignment = assigned
             _rescan(set(assigned))

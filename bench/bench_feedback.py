@@ -249,6 +249,21 @@ def wait_lag_zero(
     return False
 
 
+def wait_processed(settings: Settings, ends: dict[int, int], timeout_s: float) -> bool:
+    """Every event up to ``ends`` of ``feedback.implicit`` went through the worker: through
+    the relay (its group's commits) and then the agent's commits on the relay topic, or the
+    agent's own commits on the input when the relay is off."""
+    topic = settings.topic("feedback.implicit")
+    if not settings.implicit_relay:
+        return wait_lag_zero(settings, settings.app_id, topic, ends, timeout_s)
+    started = time.monotonic()
+    if not wait_lag_zero(settings, f"{settings.app_id}.implicit-relay", topic, ends, timeout_s):
+        return False
+    relay = settings.topic("feedback.implicit.relay")
+    left = timeout_s - (time.monotonic() - started)
+    return wait_lag_zero(settings, settings.app_id, relay, end_offsets(settings, relay), left)
+
+
 # --------------------------------------------------------------------------- (a) ceiling
 
 
@@ -473,7 +488,7 @@ def run_loopwise(
     produce_records(prod, topic, records)
     produced = time.time() - start
     ends = end_offsets(settings, topic)
-    caught_up = wait_lag_zero(settings, settings.app_id, topic, ends, timeout_s)
+    caught_up = wait_processed(settings, ends, timeout_s)
     time.sleep(0.5)  # the last batch's outputs are sent before its offsets are committed
     after = scrape(worker)
     cpu = cpu_seconds(worker.process.pid) - cpu_before
@@ -743,6 +758,30 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def run_stream_path(
+    env: dict[str, str], args: argparse.Namespace, rng: np.random.Generator, timeout_s: float
+) -> dict[str, Any]:
+    """(c) again without the relay (``LOOPWISE_IMPLICIT_RELAY=0``: faust's per-event stream
+    reads ``feedback.implicit``), over ``--stream-path`` fresh events in a deployment of its
+    own, so the relay's effect is measured in the same run."""
+    dep = Deployment.create(LOG_DIR, name="bench-stream", LOOPWISE_IMPLICIT_RELAY="0", **env)
+    try:
+        dep.create_topics()
+        dep.produce(
+            "items", item_events(args.items, dep.settings.item_dim, rng), key_field="item_id"
+        )
+        users = max(1, args.users * args.stream_path // max(args.events, 1))
+        records = backlog(dep.run_id, args.stream_path, users, args.items, rng)
+        result = run_loopwise(dep, records, timeout_s, None)
+        result.pop("ends")
+        result["users"] = users
+        return result
+    finally:
+        dep.stop()
+        if not args.keep:
+            cleanup(dep, dep.run_id)
+
+
 def cleanup(dep: Deployment, run: str) -> None:
     with contextlib.suppress(Exception):
         dep.delete_topics()
@@ -795,6 +834,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="cProfile the worker's event loop during the throughput run, "
         "dump here and summarize (its rate is then not comparable)",
     )
+    parser.add_argument(
+        "--stream-path",
+        type=int,
+        default=env_int("BENCH_FEEDBACK_STREAM_EVENTS", 20_000),
+        help="also run the worker without the implicit relay over this many events, as many "
+        "per user (0: skip)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep topics and sink rows")
     parser.add_argument("--profiled-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -845,6 +891,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lw = run_loopwise(dep, records, timeout, args.profile)
         ends = lw.pop("ends")
         figures["loopwise"] = lw
+
+        if args.stream_path:
+            say(f"[bench_feedback] (c) without the relay, {args.stream_path} events ...")
+            figures["stream_path"] = run_stream_path(env, args, rng, timeout)
 
         # (a) the ceiling over exactly the same offsets.
         say("[bench_feedback] (a) ceiling: raw confluent-kafka consume + orjson.loads ...")
@@ -939,6 +989,13 @@ def print_table(f: dict[str, Any]) -> None:
     )
     if not lw["caught_up"]:
         print("      (consumer lag not 0 at the timeout)")
+    if "stream_path" in f:
+        sp = f["stream_path"]
+        row(
+            f"    same without the relay (faust's stream; {sp['events']} events)",
+            f"{sp['rate']:.0f}",
+            f"{lw['rate'] / sp['rate']:.2f}x",
+        )
     row(
         "    (c) / (a)",
         "",

@@ -14,15 +14,18 @@ The baseline, measured the same way in the same run, is a plain numpy ``(N, D)``
 array -- the vectors alone, nothing per user. SPEC §8 target: <= 300 MB per worker for 1M
 users x 32 dimensions.
 
-Cases (the value layout is described in :mod:`agents.preference_state`):
+Cases (the value layouts are described in :mod:`agents.preference_state`; layout 2 with
+the default ``LOOPWISE_VECTOR_DTYPE=int16`` unless named):
 
-* ``1 id``: a user seen once (one event-id hash and arrival time);
-* ``16 ids``: the steady state of a user quiet for longer than the de-duplication horizon
-  (``LOOPWISE_DEDUPE_IDS`` = 16 ids kept); users active within the horizon keep every id of
-  that horizon, so they are larger;
-* ``16 ids + window``: the same with an implicit-feedback window open (D more float32);
-* ``16 ids, recovered``: the same after a restart, with the store's key → partition dict;
-* ``16 ids + guard state``: a user active within the last hour also has the guard's state
+* ``quiet (ids pruned)``: the steady state of a user quiet for longer than the
+  de-duplication horizon: its ids were pruned (``LOOPWISE_DEDUPE_IDS`` = 0);
+* ``seen once (1 id)``: a user seen once, within the horizon (one id hash and arrival);
+* ``quiet + open window``: an implicit-feedback window open (16 B + D float32);
+* ``quiet, recovered``: after a restart, with the store's key → partition dict;
+* ``quiet, float16`` / ``quiet, float32``: the other ``LOOPWISE_VECTOR_DTYPE`` options;
+* ``layout 1, 16 ids``: the previous layout as older workers wrote it (float32 vector, 16
+  ids kept beyond the horizon), for comparison;
+* ``quiet + guard state``: a user active within the last hour also has the guard's state
   (``g|<user>`` in the same table, orjson, here with its full 32-event history); the guard
   drops it after an hour of silence, so it scales with the users active in the last hour.
 
@@ -45,19 +48,30 @@ from typing import Any
 
 import numpy as np
 
-from agents.preference_state import _HEADER, PreferenceState
+from agents.preference_state import (
+    _HEADER_V1,
+    HEADER,
+    PreferenceState,
+    ids_section_size,
+    int16_block,
+    set_vector_dtype,
+)
 from streams.config import REPO_ROOT, Settings
 
 TARGET_MB = 300.0
 MB = 1_000_000
-CASES = {
-    "1 id": {"ids": 1, "window": False, "recovered": False},
-    "16 ids": {"ids": 16, "window": False, "recovered": False},
-    "16 ids + window": {"ids": 16, "window": True, "recovered": False},
-    "16 ids, recovered": {"ids": 16, "window": False, "recovered": True},
-    "16 ids + guard state": {"ids": 16, "window": False, "recovered": False, "guard": True},
+_QUIET: dict[str, Any] = {"ids": 0, "window": False, "recovered": False, "dtype": "int16"}
+CASES: dict[str, dict[str, Any]] = {
+    "quiet (ids pruned)": _QUIET,
+    "seen once (1 id)": {**_QUIET, "ids": 1},
+    "quiet + open window": {**_QUIET, "window": True},
+    "quiet, recovered": {**_QUIET, "recovered": True},
+    "quiet, float16": {**_QUIET, "dtype": "float16"},
+    "quiet, float32": {**_QUIET, "dtype": "float32"},
+    "layout 1, 16 ids": {**_QUIET, "ids": 16, "dtype": "float32", "layout": 1},
+    "quiet + guard state": {**_QUIET, "guard": True},
 }
-MAIN_CASE = "16 ids"
+MAIN_CASE = "quiet (ids pruned)"
 
 
 def user_key(i: int) -> str:
@@ -67,7 +81,7 @@ def user_key(i: int) -> str:
 def template_state(dim: int, ids: int, window: bool) -> PreferenceState:
     rng = np.random.default_rng(7)
     state = PreferenceState(
-        vector=rng.normal(size=dim).astype(np.float32),
+        vector=rng.normal(size=dim).astype(np.float32) * 0.3,
         version=123 << 10,
         interactions=40,
         last_ts=1_700_000_000_000,
@@ -85,23 +99,58 @@ def template_state(dim: int, ids: int, window: bool) -> PreferenceState:
     return state
 
 
-def packed_values(n: int, dim: int, ids: int, window: bool) -> list[bytes]:
+def pack_v1(state: PreferenceState) -> bytes:
+    """Layout 1, as workers before layout 2 wrote it (for the comparison row)."""
+    header = _HEADER_V1.pack(
+        state.version, state.interactions, state.last_ts, state.last_active,
+        state.offsets[0], state.offsets[1], state.window_opened, state.window_weight,
+        state.partition, 2, state.vector.shape[0], len(state.recent_ids), int(state.has_window),
+    )  # fmt: skip
+    return b"".join([
+        header, np.asarray(state.recent_ids, dtype=np.uint64).tobytes(),
+        np.asarray(state.vector, dtype=np.float32).tobytes(),
+        np.asarray(state.recent_seen, dtype=np.uint32).tobytes(),
+    ])  # fmt: skip
+
+
+def vector_section(vectors: np.ndarray, dtype: str) -> np.ndarray:
+    """(n, bytes) of each vector as layout 2 stores it in ``dtype``."""
+    if dtype == "int16":
+        mantissa, exp = int16_block(vectors)
+        return np.concatenate([exp.view(np.uint8)[:, None], mantissa.view(np.uint8)], axis=1)
+    return np.ascontiguousarray(vectors.astype(dtype)).view(np.uint8)
+
+
+def packed_values(
+    n: int, dim: int, ids: int, window: bool, dtype: str, layout: int = 2
+) -> list[bytes]:
     """``n`` distinct packed values: the template's bytes with each user's own vector.
 
     Building the bytes from one numpy buffer is ~30x faster than ``pack()`` per user and
     gives byte-identical layouts (checked on the first users).
     """
+    set_vector_dtype(dtype)
     template = template_state(dim, ids, window)
-    blob = template.pack()
+    pack = pack_v1 if layout == 1 else PreferenceState.pack
+    blob = pack(template)
     rows = np.frombuffer(blob, dtype=np.uint8)[None, :].repeat(n, axis=0)
-    vec_at = _HEADER.size + 8 * ids
-    vectors = np.random.default_rng(11).normal(size=(n, dim)).astype(np.float32)
-    rows[:, vec_at : vec_at + 4 * dim] = vectors.view(np.uint8)
+    vectors = (np.random.default_rng(11).normal(size=(n, dim)) * 0.3).astype(np.float32)
+    if layout == 1:
+        vec_at, section = _HEADER_V1.size + 8 * ids, vectors.view(np.uint8)
+    else:
+        # on the dtype's grid already, as the worker holds them (quantized on assignment)
+        if dtype == "int16":
+            mantissa, exp = int16_block(vectors)
+            vectors = (mantissa * np.exp2(exp.astype(np.float64))[:, None]).astype(np.float32)
+        elif dtype == "float16":
+            vectors = vectors.astype(np.float16).astype(np.float32)
+        vec_at, section = HEADER.size + ids_section_size(ids), vector_section(vectors, dtype)
+    rows[:, vec_at : vec_at + section.shape[1]] = section
     values = [row.tobytes() for row in rows]
     del rows
     for i in range(3):
         template.vector = vectors[i]
-        assert values[i] == template.pack(), "layout drifted from PreferenceState.pack()"
+        assert values[i] == pack(template), "layout drifted from PreferenceState.pack()"
     return values
 
 
@@ -147,7 +196,9 @@ def measure_case(name: str, n: int, dim: int) -> dict[str, Any]:
         tracemalloc.stop()
         return {"case": name, "traced": traced, "rss": rss, "value_len": 4 * dim}
     spec = CASES[name]
-    values = packed_values(n, dim, spec["ids"], spec["window"])
+    values = packed_values(
+        n, dim, spec["ids"], spec["window"], spec["dtype"], spec.get("layout", 2)
+    )
     guard = guard_blob() if spec.get("guard") else None
     # Measure only what the store holds: the dict(s), the key and the value objects
     # (fresh copies of the prepared values, so they are allocated while measuring). RSS
@@ -173,6 +224,7 @@ def measure_case(name: str, n: int, dim: int) -> dict[str, Any]:
         "index_dict": sys.getsizeof(index) if index is not None else 0,
         "ids": spec["ids"],
         "window": spec["window"],
+        "dtype": spec["dtype"],
     }
 
 
@@ -194,15 +246,17 @@ def alloc_size(nbytes: int) -> int:
 
 
 def breakdown(r: dict[str, Any], n: int, dim: int) -> list[tuple[str, float]]:
+    """Per-user bytes of a layout-2 case, part by part."""
     ids = r["ids"]
-    rows = [
-        ("value: header (versions, offsets, window meta, ...)", float(_HEADER.size)),
-        ("value: event-id ring, 8-byte hashes", 8.0 * ids),
-        ("value: event-id ring, 4-byte arrival seconds", 4.0 * ids),
-        (f"value: vector, {dim} x float32", 4.0 * dim),
-    ]
+    vector = {"int16": 1 + 2 * dim, "float16": 2 * dim, "float32": 4 * dim}[r["dtype"]]
+    rows = [(f"value: header (layout 2, {HEADER.size} B)", float(HEADER.size))]
+    if ids:
+        rows.append((f"value: id section ({ids} x (8 B hash + 2 B age) + 4 B base)",
+                     float(ids_section_size(ids))))  # fmt: skip
+    label = f"{dim} x int16 + 1 B exponent" if r["dtype"] == "int16" else f"{dim} x {r['dtype']}"
+    rows.append((f"value: vector, {label}", float(vector)))
     if r["window"]:
-        rows.append((f"value: open window sum, {dim} x float32", 4.0 * dim))
+        rows.append((f"value: open window, 16 B + {dim} x float32", 16.0 + 4 * dim))
     rows += [
         ("bytes object header", float(r["value_object"] - r["value_len"])),
         ("allocator rounding of the bytes object",
@@ -213,27 +267,6 @@ def breakdown(r: dict[str, Any], n: int, dim: int) -> list[tuple[str, float]]:
     if r["index_dict"]:
         rows.append(("recovery index dict (key -> partition)", r["index_dict"] / n))
     return rows
-
-
-def what_if(r: dict[str, Any], n: int, dim: int) -> dict[str, float]:
-    """Per-user bytes of some smaller layouts, computed like :func:`breakdown` (which matches
-    tracemalloc within a few %), so the lead can weigh them without a re-run."""
-    objects = alloc_size(r["key_object"]) + r["dict"] / n
-    bytes_header = r["value_object"] - r["value_len"]
-
-    def total(value_len: int) -> float:
-        return alloc_size(value_len + bytes_header) + objects
-
-    vec = 4 * dim
-    return {
-        "now: 16 ids, header 74 B": total(_HEADER.size + 12 * 16 + vec),
-        "16 id hashes, no per-id arrival time (one ring timestamp)": total(
-            _HEADER.size + 8 + 8 * 16 + vec
-        ),
-        "no ids kept beyond the horizon (quiet user)": total(_HEADER.size + vec),
-        "same + 48-byte header (int32 counts, one offset slot per topic)": total(48 + vec),
-        "same + float16 vector": total(48 + 2 * dim),
-    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -273,7 +306,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     main_case = cases[MAIN_CASE]
     figures["breakdown_bytes_per_user"] = dict(breakdown(main_case, n, dim))
-    figures["what_if_bytes_per_user"] = what_if(main_case, n, dim)
     figures["seconds"] = time.perf_counter() - started
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -282,17 +314,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"Preference state in memory, {n} users x {dim} dims, figures per 1M users "
         f"({figures['date']}; tracemalloc of the store, RSS delta beside it)"
     )
-    print(f"  {'':42s}{'value B':>8s}{'B/user':>8s}{'MB':>8s}{'RSS MB':>8s}{'ratio':>8s}"
+    print(f"  {'':46s}{'value B':>8s}{'B/user':>8s}{'MB':>8s}{'RSS MB':>8s}{'ratio':>8s}"
           f"{'target':>9s}")  # fmt: skip
     print(
-        f"  {'baseline: numpy (N, D) float32':42s}{base['value_len']:8d}"
+        f"  {'baseline: numpy (N, D) float32':46s}{base['value_len']:8d}"
         f"{base['traced'] / n:8.0f}{figures['baseline_numpy_mb']:8.0f}"
         f"{figures['baseline_numpy_rss_mb']:8.0f}"
     )
     for name in CASES:
         f = figures[name]
         print(
-            f"  {'dict str -> pack(): ' + name:42s}{f['value_bytes']:8d}{f['bytes_per_user']:8.0f}"
+            f"  {'dict str -> pack(): ' + name:46s}{f['value_bytes']:8d}{f['bytes_per_user']:8.0f}"
             f"{f['mb_per_1m']:8.0f}{f['rss_mb_per_1m']:8.0f}{f['ratio_vs_numpy']:7.1f}x"
             f"{'<= ' + str(int(TARGET_MB)):>9s}  {'met' if f['met'] else 'NOT met'}"
         )
@@ -301,11 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  per-user breakdown, case '{MAIN_CASE}' (computed; sums to {total:.0f} B, "
           f"tracemalloc says {figures[MAIN_CASE]['bytes_per_user']:.0f} B):")  # fmt: skip
     for label, b in rows:
-        print(f"    {label:52s}{b:7.1f} B  {100 * b / total:5.1f} %")
-    print("  what if (computed the same way; MB per 1M users):")
-    for label, b in figures["what_if_bytes_per_user"].items():
-        verdict = "met" if b * 1_000_000 / MB <= TARGET_MB else "NOT met"
-        print(f"    {label:64s}{b:6.0f} B {b:6.0f} MB  {verdict}")
+        print(f"    {label:56s}{b:7.1f} B  {100 * b / total:5.1f} %")
     return figures
 
 

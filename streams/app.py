@@ -6,6 +6,7 @@ explicitly by :mod:`streams.worker` (no autodiscovery).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from faust.types import TopicT
 
 from streams.catalog import ItemCatalog
 from streams.config import Settings
+from streams.fast_producer import FastProducer
 from streams.fetching import RewindingTransport
 from streams.recovery import LoopwiseTableManager
 from streams.security import current as current_security
@@ -106,6 +108,8 @@ redis_values = RedisLatestValues(
     max_backoff_s=settings.sink_retry_max_s,
     **redis_client_kwargs(security.redis),
 )
+# The preferences agent's changelog records and outputs (streams.fast_producer).
+fast_producer = FastProducer(settings)
 postgres = PostgresRecords(
     postgres_conninfo(settings.database_url, security.postgres),
     max_backoff_s=settings.sink_retry_max_s,
@@ -126,6 +130,7 @@ class Resources(faust.Service):
 
     async def on_stop(self) -> None:
         catalog.stop()
+        await asyncio.to_thread(fast_producer.close)
         await redis_values.close()
         await postgres.close()
 

@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from faust.types import EventT, StreamT, TopicT
 
+from streams import relay_records
 from streams.codecs import EventDecoder, Rejected, dead_letter, encode
 from streams.metrics import (
     AGENT_ERRORS,
@@ -61,15 +63,21 @@ class Boundary:
         agent: str,
         decoders: dict[str, EventDecoder],
         deadletter: TopicT,
+        relayed: Sequence[str] = (),
     ) -> None:
         self.agent = agent
         self.decoders = decoders
         self.deadletter = deadletter
+        # Topics whose records each carry many events validated upstream (streams.relay_records)
+        self.relayed = frozenset(relayed)
 
     async def split(self, events: Sequence[EventT]) -> list[Valid]:
         valid: list[Valid] = []
         for event in events:
             msg = event.message
+            if msg.topic in self.relayed:
+                valid.extend(await self.unpack_relayed(event))
+                continue
             EVENTS_IN.labels(topic=msg.topic, agent=self.agent).inc()
             try:
                 payload = self.decoders[msg.topic](msg.value)
@@ -78,6 +86,28 @@ class Boundary:
                 continue
             EVENTS_VALID.labels(topic=msg.topic, agent=self.agent).inc()
             valid.append(Valid(payload, event))
+        return valid
+
+    async def unpack_relayed(self, record: EventT) -> list[Valid]:
+        """The events of one relay record, parsed (the relay validated them)."""
+        try:
+            events = relay_records.unpack(record.message.value)
+        except relay_records.BadRelayRecord as exc:
+            await self.reject(record, "other", f"malformed relay record: {exc}")
+            return []
+        valid: list[Valid] = []
+        for event in events:
+            msg = event.message
+            try:
+                payload = orjson.loads(msg.value)
+            except orjson.JSONDecodeError as exc:  # only a relay bug could get here
+                await self.reject(event, "not_json", f"not JSON: {exc}")  # type: ignore[arg-type]
+                continue
+            valid.append(Valid(payload, event))  # type: ignore[arg-type]
+        if events:
+            topic = events[0].message.topic
+            EVENTS_IN.labels(topic=topic, agent=self.agent).inc(len(events))
+            EVENTS_VALID.labels(topic=topic, agent=self.agent).inc(len(valid))
         return valid
 
     async def reject(self, event: EventT, kind: str, message: str) -> None:
@@ -155,14 +185,19 @@ class Boundary:
         batch_size: int,
         within_s: float,
         lock: contextlib.AbstractAsyncContextManager[Any] | None = None,
+        max_events: int = 20_000,
     ) -> None:
         """The agent loop: take batches, validate, process (under ``lock``, shared with the
         agent's timers), with batch-size and processing-time metrics."""
         guard = lock if lock is not None else contextlib.nullcontext()
         async for events in stream.take_events(batch_size, within=within_s):
             started = time.perf_counter()
-            BATCH_SIZE.labels(agent=self.agent).observe(len(events))
             valid = await self.split(events)
-            async with guard:
-                await self.process_isolating_failures(process, valid)
+            BATCH_SIZE.labels(agent=self.agent).observe(len(valid))
+            # Relay records hold many events each: process at most max_events at a time.
+            for start in range(0, max(len(valid), 1), max_events):
+                async with guard:
+                    await self.process_isolating_failures(
+                        process, valid[start : start + max_events]
+                    )
             PROCESSING_SECONDS.labels(agent=self.agent).observe(time.perf_counter() - started)

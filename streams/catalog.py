@@ -55,6 +55,12 @@ class ItemCatalog:
                 self._rows[item["item_id"]] = row
             self._features[row] = features
 
+    def known(self, item_ids: list[str]) -> list[bool]:
+        """Whether each id is in the catalog (no feature copy: the relay's check)."""
+        with self._lock:
+            rows = self._rows
+            return [i in rows for i in item_ids]
+
     def lookup(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(n, dim) float64 features and an (n,) bool mask of the ids that are known."""
         with self._lock:

@@ -131,6 +131,12 @@ def register(sub: Any) -> None:
     lag.add_argument(
         "--timeout", type=_positive, default=10.0, help="seconds per admin request (default: 10)"
     )
+    lag.add_argument(
+        "--relay",
+        action="store_true",
+        help="the implicit relay's group (LOOPWISE_APP_ID.implicit-relay on feedback.implicit) "
+        "instead of the workers' group, which reads feedback.implicit.relay",
+    )
     lag.set_defaults(func=cmd_lag)
 
 
@@ -436,15 +442,16 @@ def _state_name(state: Any) -> str:
     return str(getattr(state, "name", state) or "UNKNOWN")
 
 
-def collect_lag(settings: Settings, timeout: float = 10.0) -> LagReport:
-    """Ask the broker for the group's offsets, its assignment and the partitions' offsets."""
+def collect_lag(settings: Settings, timeout: float = 10.0, relay: bool = False) -> LagReport:
+    """Ask the broker for the group's offsets, its assignment and the partitions' offsets
+    (the implicit relay's group with ``relay``)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
     from confluent_kafka.admin import OffsetSpec
 
     from streams.kafka_admin import admin
     from streams.topics import TOPICS
 
-    group = settings.app_id
+    group = f"{settings.app_id}.implicit-relay" if relay else settings.app_id
     topics = [settings.topic(spec.name) for spec in TOPICS]
     client = admin(settings)
     try:
@@ -550,9 +557,14 @@ def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
     emit = _emitter(args.json, args.watch is not None, sys.stdout)
     try:
         if args.watch is None:
-            emit(collect_lag(settings, args.timeout), None)
+            emit(collect_lag(settings, args.timeout, args.relay), None)
         else:
-            watch(lambda: collect_lag(settings, args.timeout), args.watch, args.count, emit)
+            watch(
+                lambda: collect_lag(settings, args.timeout, args.relay),
+                args.watch,
+                args.count,
+                emit,
+            )
     except OpsError as exc:
         return _fail(str(exc), ERROR)
     except KeyboardInterrupt:

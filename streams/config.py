@@ -160,6 +160,45 @@ class Settings:
         check=_positive,
         expected="a positive number",
     )
+    batch_max_events: int = _setting(
+        20_000,
+        "LOOPWISE_BATCH_MAX_EVENTS",
+        "most events an agent processes at once (a batch of relay records is cut to this size)",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    implicit_relay: bool = _setting(
+        True,
+        "LOOPWISE_IMPLICIT_RELAY",
+        "read feedback.implicit through the batched relay (agents/implicit_relay.py) rather "
+        "than faust's per-event stream",
+        parse=_parse_bool,
+    )
+    relay_max_events: int = _setting(
+        5000,
+        "LOOPWISE_RELAY_MAX_EVENTS",
+        "events the implicit relay reads, validates and forwards per batch",
+        parse=int,
+        check=_positive,
+        expected="a positive integer",
+    )
+    relay_within_s: float = _setting(
+        0.05,
+        "LOOPWISE_RELAY_WITHIN_S",
+        "seconds the implicit relay waits to fill a batch",
+        parse=float,
+        check=_positive,
+        expected="a positive number",
+    )
+    relay_record_events: int = _setting(
+        1000,
+        "LOOPWISE_RELAY_RECORD_EVENTS",
+        "events per record on feedback.implicit.relay (records stay well under 1 MB)",
+        parse=int,
+        check=lambda v: 1 <= v <= 3000,
+        expected="an integer in 1..3000",
+    )
     session_timeout_s: float = _setting(
         10.0,
         "LOOPWISE_SESSION_TIMEOUT_S",
@@ -304,13 +343,27 @@ class Settings:
         check=lambda v: v >= 0,
         expected="seconds >= 0",
     )
+    # Replays are made idempotent by the per-topic offset watermark in each user's state;
+    # ids only catch the same event produced twice at different offsets (producer retries,
+    # within seconds or minutes), which the horizon covers. Keeping ids beyond it cost
+    # ~190 B per quiet user (16 ids), most of the SPEC's 300 MB per 1M users.
     dedupe_ids: int = _setting(
-        16,
+        0,
         "LOOPWISE_DEDUPE_IDS",
-        "event ids kept per user beyond the horizon (the most recent ones)",
+        "event ids kept per user beyond the horizon (the most recent ones; 0: none, so a "
+        "quiet user carries no ids)",
         parse=int,
-        check=lambda v: 1 <= v <= 1024,
-        expected="an integer in 1..1024",
+        check=lambda v: 0 <= v <= 1024,
+        expected="an integer in 0..1024",
+    )
+    vector_dtype: str = _setting(
+        "int16",
+        "LOOPWISE_VECTOR_DTYPE",
+        "how preference vectors are stored: int16 (one shared power-of-two scale per vector, "
+        "~2^-15 of the largest component), float16, or float32 (exact, over 300 MB per 1M "
+        "users); published vectors equal the stored ones",
+        check=lambda v: v in {"int16", "float16", "float32"},
+        expected="int16, float16 or float32",
     )
     algorithms: tuple[str, ...] = _setting(
         ("collaborative", "content", "popular", "trending"),
@@ -998,6 +1051,11 @@ class Settings:
     def topic(self, name: str) -> str:
         """Full topic name for a registry name (``feedback.explicit`` → prefixed)."""
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def implicit_input(self) -> str:
+        """The registry topic the preferences agent reads implicit feedback from."""
+        return "feedback.implicit.relay" if self.implicit_relay else "feedback.implicit"
 
 
 def settings_table() -> list[tuple[str, str, str]]:

@@ -51,7 +51,7 @@ BATCH_SIZE = Histogram(
     "loopwise_batch_size",
     "Events per batch taken by an agent",
     ["agent"],
-    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 20_000),
     registry=REGISTRY,
 )
 PROCESSING_SECONDS = Histogram(

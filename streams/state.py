@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 
+import orjson
 from faust.types import TableT
 
-from streams.app import app, settings
+from streams.app import app, fast_producer, settings
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,21 @@ log = logging.getLogger(__name__)
 def put(table: TableT, partition: int, key: str, value: bytes) -> None:
     table.send_changelog(partition, key, value)
     table.data[key] = value
+
+
+def put_fast(table: TableT, partition: int, key: str, value: bytes | None) -> None:
+    """:func:`put` (or, with ``None``, :func:`delete`) through the fast producer: the
+    caller awaits ``fast_producer.flush()`` before its batch is done. Every write of a table
+    must go one way or the other (one producer per changelog keeps each key's records in
+    order)."""
+    raw_key = (
+        orjson.dumps(key) if key.isascii() else table.changelog_topic.prepare_key(key, None)[0]
+    )
+    fast_producer.send(table.changelog_topic.get_topic_name(), raw_key, value, partition)
+    if value is None:
+        table.data.pop(key, None)
+    else:
+        table.data[key] = value
 
 
 def delete(table: TableT, partition: int, key: str) -> None:

@@ -160,6 +160,13 @@ TOPICS: tuple[TopicSpec, ...] = (
         compacted=True,
     ),
     TopicSpec(
+        "feedback.implicit.relay",
+        "partition",
+        None,
+        Direction.INTERNAL,
+        "validated feedback.implicit events, many per record (agents/implicit_relay.py)",
+    ),
+    TopicSpec(
         "customers.segments",
         "customer_id",
         "customers.segments",

@@ -54,8 +54,21 @@ class Health(View):
                 "status": "ok",
                 "uptime_s": round(time.time() - _started, 1),
                 "assigned": {topic: sorted(parts) for topic, parts in sorted(assigned.items())},
+                "implicit_relay": relay_status(),
             }
         )
+
+
+def relay_status() -> dict[str, object]:
+    from agents.implicit_relay import relay  # agents import this module's app: late import
+
+    return {
+        "enabled": settings.implicit_relay,
+        "running": relay.alive,
+        "assigned": sorted(relay.assigned),
+        "relayed_events": relay.relayed,
+        "last_error": relay.last_error,
+    }
 
 
 @app.page("/ready")

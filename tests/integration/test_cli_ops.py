@@ -71,6 +71,14 @@ def test_state_show_and_lag_against_a_running_worker(deployment: Deployment) -> 
     assert all(p["committed"] == p["end"] for p in rows if p["end"] > 0)
     assert all(p["lag"] == 0 for p in rows)
 
+    # The implicit relay's own group, one member (the worker's relay thread) on the input.
+    relay = loopwise(deployment, "lag", "--relay", "--json")
+    assert relay.returncode == 0, relay.stderr
+    doc = orjson.loads(relay.stdout)
+    assert doc["group"] == f"{deployment.settings.app_id}.implicit-relay"
+    assert doc["members"] == 1 and doc["total_lag"] == 0
+    assert {p["topic"] for p in doc["partitions"]} <= {deployment.topic("feedback.implicit")}
+
     watched = loopwise(deployment, "lag", "--watch", "0.5", "--count", "2")
     assert watched.returncode == 0, watched.stderr
     out = watched.stdout.decode()

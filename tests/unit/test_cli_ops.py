@@ -319,7 +319,7 @@ def test_lag_command_json_and_watch_output(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     reports = iter([_report(1.0), _report(2.0)])
-    monkeypatch.setattr(cli_ops, "collect_lag", lambda settings, timeout: next(reports))
+    monkeypatch.setattr(cli_ops, "collect_lag", lambda settings, timeout, relay: next(reports))
     assert main(["lag", "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["total_lag"] == 35
 

@@ -47,7 +47,7 @@ test-reliability: setup services-up
 test: setup lint services-up
 	$(PYTEST_EXIT) $(BIN)/pytest -q tests/unit tests/contract agents/learning --doctest-modules
 	@set -a; source $(SERVICES_ENV); set +a; \
-	$(PYTEST_EXIT) $(BIN)/pytest -q tests/integration tests/reliability -m "not long"
+	$(PYTEST_EXIT) $(BIN)/pytest -q --durations=12 tests/integration tests/reliability -m "not long"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -72,6 +72,7 @@ class ImplicitRelay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures: list[str] = []
+        self._catalog_loaded = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -115,6 +116,13 @@ class ImplicitRelay:
         )
 
     def _serve(self) -> None:
+        # Items published before the worker started must be known before the first check,
+        # or their feedback would be dead-lettered as unknown while the catalog loads.
+        while not self._catalog_loaded and not self._stop.is_set():
+            self._catalog_loaded = catalog.wait_caught_up(1.0)
+            if not self._catalog_loaded:
+                log.info("implicit relay: waiting for the item catalog to load")
+        self.assigned = frozenset()
         consumer = self._consumer()
         out = new_producer(settings, **{"linger.ms": 2})
         consumer.subscribe([self.source], on_assign=self._on_assign, on_revoke=self._on_revoke)

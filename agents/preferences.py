@@ -123,6 +123,12 @@ WHERE user_preferences.version < EXCLUDED.version
 """
 
 
+def read_value(key: str) -> bytes | None:
+    """A table value straight from the store: faust's ``Table.get`` adds sensor and
+    default handling worth ~8 µs per key, twice per user and batch on the hot path."""
+    return preferences_table.data.get(key)  # type: ignore[no-any-return]
+
+
 @dataclass
 class Worklist:
     """Users touched by one unit of work and what happened to them."""
@@ -134,7 +140,7 @@ class Worklist:
     def load(self, user: str, partition: int) -> PreferenceState:
         state = self.states.get(user)
         if state is None:
-            blob = preferences_table.get(user)
+            blob = read_value(user)
             state = (
                 PreferenceState.unpack(blob) if blob else PreferenceState.empty(settings.item_dim)
             )
@@ -382,7 +388,7 @@ async def guard_batch(
     valid: list[Valid], features: np.ndarray
 ) -> tuple[list[Valid], np.ndarray, list[Valid]]:
     """Judge the batch: (events to learn from, their features, quarantined events)."""
-    flagged, guards = feedback_guard.judge(valid, _slot_of_topic, preferences_table.get)
+    flagged, guards = feedback_guard.judge(valid, _slot_of_topic, read_value)
     for user, g in guards.items():
         put_fast(preferences_table, g.partition, guard_key(user), g.to_bytes())
     if not flagged:

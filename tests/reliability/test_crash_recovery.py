@@ -1,9 +1,9 @@
 """Two workers, one of them SIGKILLed at random moments while a steady stream flows, and
 restarted each time: the final state equals the ground truth, nothing lost or doubled.
 
-`make test` runs a short form; `make test-reliability` the issue's size (100k events, at
-least 5 kills) through ``LOOPWISE_FAULT_EVENTS`` and ``LOOPWISE_FAULT_KILLS``. A recovery is
-the time from a kill until the group has committed everything produced before it.
+`make test-reliability` runs it at the issue's size (100k events, at least 5 kills) through
+``LOOPWISE_FAULT_EVENTS`` and ``LOOPWISE_FAULT_KILLS``. A recovery is the time from a kill
+until the group has committed everything produced before it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from tests.reliability.workload import (
     wait_committed_past,
 )
 
-pytestmark = pytest.mark.integration
+# make test runs the mixed explicit/implicit form of this test (test_relay_recovery.py);
+# this explicit-only one runs at full size in make test-reliability.
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 EVENTS = int(os.environ.get("LOOPWISE_FAULT_EVENTS", "5000"))
 KILLS = int(os.environ.get("LOOPWISE_FAULT_KILLS", "3"))

@@ -19,12 +19,15 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from streams.codecs import EventDecoder, Rejected
+from streams.config import Settings
 from streams.harness import Deployment
 from tests.reliability.workload import (
     ITEMS,
+    OPEN_WINDOWS,
     Workload,
     assert_exact,
     item_events,
+    produce_workload,
     wait_for,
 )
 
@@ -126,4 +129,63 @@ def test_fuzzed_and_named_poison_is_dead_lettered_and_changes_nothing(
         assert dl["source"]["partition"] in range(deployment.settings.partitions)
         assert dl["source"]["offset"] >= 0
         assert dl["error_message"]
+    assert worker.alive()
+
+
+VIEW = {
+    "event_id": "bad-0", "schema_version": 1, "ts": 1_700_000_000_000, "user_id": "bad-user",
+    "item_id": "item-1", "kind": "view",
+}  # fmt: skip
+NAMED_IMPLICIT = [  # rejected by the implicit relay, before the agent sees anything
+    b"{not json",
+    orjson.dumps({**VIEW, "kind": "glance"}),                        # unknown kind
+    orjson.dumps({**VIEW, "kind": "dwell"}),                         # dwell without seconds
+    orjson.dumps({**VIEW, "value": -1.0}),                           # out of range
+    b'{"event_id": "x", "value": NaN}',
+    b'{"event_id": "' + b"x" * 120_000 + b'"}',                      # oversize
+    orjson.dumps({**VIEW, "item_id": "no-such-item"}),              # unknown item
+    orjson.dumps({**VIEW, "kind": "impression", "impression_id": "imp-1",
+                  "algorithm": "no-such-algorithm"}),               # unknown arm
+    b"",                                                             # empty
+]  # fmt: skip
+
+
+def implicit_kind(decode: EventDecoder, raw: bytes) -> str:
+    try:
+        event = decode(raw)
+    except Rejected as rejected:
+        return rejected.kind
+    if (
+        event["kind"] == "impression"
+        and event.get("algorithm") not in Settings.from_env({}).algorithms
+    ):
+        return "unknown_arm"
+    return "unknown_item" if event["item_id"] not in ITEMS else "valid"
+
+
+def test_poison_on_the_implicit_topic_is_dead_lettered_by_the_relay(
+    deployment: Deployment,
+) -> None:
+    """The relay's dead letters carry the same things as an agent's: the original bytes,
+    the reason, and the coordinates on ``feedback.implicit`` (not the relay topic)."""
+    deployment.produce("items", item_events(), key_field="item_id")
+    worker = deployment.start_worker(**OPEN_WINDOWS)
+    workload = Workload.generate(deployment.run_id, 12, 10, seed=41, implicit_share=1.0)
+    produce_workload(deployment, workload.events[: len(workload.events) // 2])
+    deployment.produce("feedback.implicit", NAMED_IMPLICIT)
+    produce_workload(deployment, workload.events[len(workload.events) // 2 :])
+
+    wait_for(lambda: len(deployment.read("deadletter")) >= len(NAMED_IMPLICIT), 60, "letters")
+    assert_exact(deployment, workload)
+    letters = deployment.read("deadletter")
+    decode = EventDecoder("feedback.implicit", deployment.settings.max_message_bytes)
+    want = Counter((raw, implicit_kind(decode, raw)) for raw in NAMED_IMPLICIT)
+    got = Counter((base64.b64decode(dl["original"]), dl["error_kind"]) for dl in letters)
+    assert got == want
+    assert {kind for _, kind in want} >= {
+        "not_json", "schema_violation", "unknown_item", "unknown_arm",
+    }  # fmt: skip
+    topic = deployment.topic("feedback.implicit")
+    assert {dl["source"]["topic"] for dl in letters} == {topic}
+    assert all(dl["source"]["offset"] >= 0 and dl["error_message"] for dl in letters)
     assert worker.alive()

@@ -646,6 +646,10 @@ def run_latency(
     prod = make_producer(settings, **{"linger.ms": 1})
     results = []
     try:
+        # Warm-up, offered and not measured: the first seconds after a start include the
+        # relay's group join, table recovery of the earlier run's users and the first fetches.
+        offer(prod, topic, dep.run_id, "warm", min(rates), 3.0, n_users, n_items, rng)
+        time.sleep(2.0)
         for rate in rates:
             watcher = OutputWatcher(settings, settings.topic("weights.preferences"))
             watcher.start()

@@ -37,7 +37,14 @@ async def readiness() -> dict[str, bool]:
     recovered = app.tables.recovery.completed.is_set() and not app.rebalancing
     if not _catalog_synced and broker:
         _catalog_synced = await asyncio.to_thread(catalog.wait_caught_up, 1.0)
-    return {"broker": broker, "tables_recovered": recovered, "catalog_loaded": _catalog_synced}
+    from agents.implicit_relay import relay  # agents import this module's app: late import
+
+    return {
+        "broker": broker,
+        "tables_recovered": recovered,
+        "catalog_loaded": _catalog_synced,
+        "implicit_relay": relay.alive or not settings.implicit_relay,
+    }
 
 
 @app.page("/health")

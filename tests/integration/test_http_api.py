@@ -61,5 +61,13 @@ def test_feedback_endpoint_and_reads(deployment: Deployment) -> None:
     assert "loopwise_batch_processing_seconds_bucket" in text
     status, health = worker.get_json("/health")
     assert status == 200 and health["status"] == "ok"
+    relay = health["implicit_relay"]
+    assert relay["enabled"] and relay["running"] and relay["last_error"] is None
+    every = list(range(deployment.settings.partitions))  # the only worker: all partitions
+    wait_for(
+        lambda: worker.get_json("/health")[1]["implicit_relay"]["assigned"] == every,
+        what="the relay's assignment",
+    )
     status, ready = worker.get_json("/ready")
     assert status == 200 and ready["ready"] and ready["tables_recovered"]
+    assert ready["implicit_relay"]

@@ -116,17 +116,18 @@ class ImplicitRelay:
         )
 
     def _serve(self) -> None:
-        # Items published before the worker started must be known before the first check,
-        # or their feedback would be dead-lettered as unknown while the catalog loads.
-        while not self._catalog_loaded and not self._stop.is_set():
-            self._catalog_loaded = catalog.wait_caught_up(1.0)
-            if not self._catalog_loaded:
-                log.info("implicit relay: waiting for the item catalog to load")
         self.assigned = frozenset()
         consumer = self._consumer()
         out = new_producer(settings, **{"linger.ms": 2})
+        # Subscribed first: librdkafka joins the group in the background meanwhile.
         consumer.subscribe([self.source], on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
+            # Items published before the worker started must be known before the first
+            # check, or their feedback would be dead-lettered as unknown while it loads.
+            while not self._catalog_loaded and not self._stop.is_set():
+                self._catalog_loaded = catalog.wait_caught_up(1.0)
+                if not self._catalog_loaded:
+                    log.info("implicit relay: waiting for the item catalog to load")
             while not self._stop.is_set():
                 messages = consumer.consume(settings.relay_max_events, settings.relay_within_s)
                 if messages:

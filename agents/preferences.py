@@ -112,10 +112,14 @@ feedback_guard = FeedbackGuard(
     quarantine_topic,
 )
 
+# One statement per batch: a column array each, unnested (users are unique in a batch, as
+# ON CONFLICT DO UPDATE requires).
 UPSERT_SQL = """
 INSERT INTO user_preferences
     (user_id, vector, version, segment, interactions, source_ts, updated_at)
-VALUES (%s, %s::real[], %s, %s, %s, %s, now())
+SELECT u, v::real[], ver, seg, n, ts, now()
+FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[])
+    AS t(u, v, ver, seg, n, ts)
 ON CONFLICT (user_id) DO UPDATE SET
     vector = EXCLUDED.vector, version = EXCLUDED.version, segment = EXCLUDED.segment,
     interactions = EXCLUDED.interactions, source_ts = EXCLUDED.source_ts, updated_at = now()
@@ -345,19 +349,18 @@ async def persist_and_publish(work: Worklist, valid: list[Valid] | None = None) 
         "pref", ((user, events[user]["version"], payloads[user]) for user in events)
     )
     crash_point("after_redis")
-    await postgres.execute_many(
+    rows = events.values()
+    await postgres.execute_columns(
         UPSERT_SQL,
         [
-            (
-                u,
-                pg_array(e["vector"]),
-                e["version"],
-                e["segment"],
-                e["interactions"],
-                e["source_ts"],
-            )
-            for u, e in events.items()
+            list(events),
+            [pg_array(e["vector"]) for e in rows],
+            [e["version"] for e in rows],
+            [e["segment"] for e in rows],
+            [e["interactions"] for e in rows],
+            [e["source_ts"] for e in rows],
         ],
+        len(events),
     )
     crash_point("after_postgres")
     outputs, segments = output_topic.get_topic_name(), segment_topic.get_topic_name()

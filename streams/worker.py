@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 
 from faust.worker import Worker
@@ -63,9 +64,23 @@ async def return_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
+def tune_garbage_collector() -> None:
+    """Collect young objects less often, and never re-scan what the imports created.
+
+    A batch creates tens of thousands of short-lived tracked objects (events, payload
+    dicts, states); with the default thresholds (700 allocations) they trigger a collection
+    every few hundred events, and each older-generation pass walks every object the
+    worker holds (faust, aiokafka, numpy, the agents' modules): a tenth of a batch's time
+    went there. Reference counting frees these objects anyway; the collector is only
+    needed for cycles, which the hot path does not make."""
+    gc.freeze()  # the import-time objects: out of every future collection
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run_worker() -> None:
     # Before faust starts any thread (see cap_malloc_arenas).
     cap_malloc_arenas()
+    tune_garbage_collector()
     # The web port and host come from the app's configuration (streams.app).
     worker = Worker(app, loglevel=settings.log_level.upper())
     worker.execute_from_commandline()

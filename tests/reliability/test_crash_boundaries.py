@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
         "after_table",
         pytest.param("after_redis", marks=pytest.mark.long),
         pytest.param("after_postgres", marks=pytest.mark.long),
-        "after_output",
+        pytest.param("after_output", marks=pytest.mark.long),
         "relay_after_produce",  # the implicit relay sent its records, did not commit
     ],
 )

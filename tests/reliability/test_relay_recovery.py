@@ -30,7 +30,7 @@ from tests.reliability.workload import (
 
 pytestmark = pytest.mark.integration
 
-EVENTS = int(os.environ.get("LOOPWISE_FAULT_EVENTS", "5000"))
+EVENTS = int(os.environ.get("LOOPWISE_FAULT_EVENTS", "3000"))
 KILLS = int(os.environ.get("LOOPWISE_FAULT_KILLS", "3"))
 RATE = float(os.environ.get("LOOPWISE_FAULT_RATE", "800"))
 USERS = 200

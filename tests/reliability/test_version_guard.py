@@ -26,6 +26,16 @@ VERSIONS = 60
 WRITERS = 4
 
 
+def distinct_runs(batch: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """Consecutive runs of ``batch`` in which no key repeats, in order."""
+    runs: list[list[tuple[str, int]]] = [[]]
+    for key, version in batch:
+        if any(k == key for k, _ in runs[-1]):
+            runs.append([])
+        runs[-1].append((key, version))
+    return runs
+
+
 def shuffled_batches(rng: random.Random, batch: int = 12) -> list[list[tuple[str, int]]]:
     pairs = [(f"k{k}", v) for k in range(KEYS) for v in range(1, VERSIONS + 1)]
     rng.shuffle(pairs)
@@ -105,8 +115,18 @@ def test_concurrent_stale_postgres_upserts_never_go_back() -> None:
 
         async def write(pool: PostgresRecords, seed: int) -> None:
             for batch in shuffled_batches(random.Random(100 + seed)):
-                rows = [(users[int(k[1:])], [float(v)], v, "regular", v, v) for k, v in batch]
-                await pool.execute_many(UPSERT_SQL, rows)
+                # The agent's statement takes each user once (ON CONFLICT DO UPDATE cannot
+                # touch a row twice): a batch's rows are split into runs of distinct users.
+                for run in distinct_runs(batch):
+                    cols = [
+                        [users[int(k[1:])] for k, _ in run],
+                        [f"{{{float(v)}}}" for _, v in run],
+                        [v for _, v in run],
+                        ["regular"] * len(run),
+                        [v for _, v in run],
+                        [v for _, v in run],
+                    ]
+                    await pool.execute_columns(UPSERT_SQL, cols, len(run))
 
         stop, steps_back = asyncio.Event(), []
         watcher = asyncio.create_task(watch(read, stop, steps_back))

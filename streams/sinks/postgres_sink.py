@@ -6,7 +6,7 @@ version where records evolve), so replays after a crash add no rows and never go
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -35,26 +35,22 @@ class PostgresRecords:
         await self.pool.open(wait=False)
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if not rows:
-            return
-
-        async def run() -> None:
-            async with self.pool.connection() as conn, conn.cursor() as cur:
-                await cur.executemany(sql, rows)
-
-        await retry_transient(run, sink="postgres", max_backoff_s=self.max_backoff_s)
-        SINK_WRITES.labels(sink="postgres").inc(len(rows))
+        if rows:
+            await self._write(lambda cur: cur.executemany(sql, rows), len(rows))
 
     async def execute_columns(self, sql: str, columns: Sequence[Sequence[Any]], rows: int) -> None:
         """One statement for many rows, passed as one array per column (the statement
         ``unnest``s them): one round trip and one plan instead of a pipeline of ``rows``
         statements, whose per-row Python cost dominated large batches."""
-        if not rows:
-            return
+        if rows:
+            await self._write(lambda cur: cur.execute(sql, columns), rows)
+
+    async def _write(self, statement: Callable[[Any], Awaitable[Any]], rows: int) -> None:
+        """Run ``statement(cursor)`` on a pooled connection, retrying transient faults."""
 
         async def run() -> None:
             async with self.pool.connection() as conn, conn.cursor() as cur:
-                await cur.execute(sql, columns)
+                await statement(cur)
 
         await retry_transient(run, sink="postgres", max_backoff_s=self.max_backoff_s)
         SINK_WRITES.labels(sink="postgres").inc(rows)

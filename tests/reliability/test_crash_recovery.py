@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 
 import pytest
 
@@ -19,9 +18,8 @@ from tests.reliability.workload import (
     PacedProducer,
     Workload,
     assert_exact,
-    group_positions,
     item_events,
-    wait_committed_past,
+    sigkill_cycles,
 )
 
 # make test runs the mixed explicit/implicit form of this test (test_relay_recovery.py);
@@ -45,17 +43,7 @@ def test_random_sigkills_of_two_workers_lose_and_double_nothing(
     stream.start()
 
     rng = random.Random(13)
-    recoveries: list[float] = []
-    for _ in range(KILLS):
-        time.sleep(rng.uniform(1.0, 4.0))
-        victim = rng.choice(workers)
-        targets = {p: end for p, (_, end) in group_positions(dep, "feedback.explicit").items()}
-        killed_at = time.monotonic()
-        victim.kill()
-        workers.remove(victim)
-        workers.append(dep.start_worker())
-        wait_committed_past(dep, "feedback.explicit", targets, timeout_s=120)
-        recoveries.append(time.monotonic() - killed_at)
+    recoveries = sigkill_cycles(dep, workers, rng, KILLS)
     stream.join()
     assert stream.error is None, stream.error
     assert all(w.alive() for w in workers)

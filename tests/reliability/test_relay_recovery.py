@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 
 import pytest
 
@@ -23,9 +22,8 @@ from tests.reliability.workload import (
     PacedProducer,
     Workload,
     assert_exact,
-    group_positions,
     item_events,
-    wait_committed_past,
+    sigkill_cycles,
 )
 
 pytestmark = pytest.mark.integration
@@ -48,17 +46,7 @@ def test_sigkills_during_implicit_feedback_lose_and_double_nothing(
     stream.start()
 
     rng = random.Random(17)
-    recoveries: list[float] = []
-    for _ in range(KILLS):
-        time.sleep(rng.uniform(1.0, 4.0))
-        victim = rng.choice(workers)
-        targets = {p: end for p, (_, end) in group_positions(dep, "feedback.explicit").items()}
-        killed_at = time.monotonic()
-        victim.kill()
-        workers.remove(victim)
-        workers.append(dep.start_worker(**OPEN_WINDOWS))
-        wait_committed_past(dep, "feedback.explicit", targets, timeout_s=120)
-        recoveries.append(time.monotonic() - killed_at)
+    recoveries = sigkill_cycles(dep, workers, rng, KILLS, **OPEN_WINDOWS)
     stream.join()
     assert stream.error is None, stream.error
     assert all(w.alive() for w in workers)

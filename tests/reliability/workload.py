@@ -9,6 +9,7 @@ checks read Redis, PostgreSQL, the output topic and the worker's table and count
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -319,6 +320,26 @@ def wait_committed_past(
         f"committed offsets of {topic_name} to reach {targets}",
     )
     return time.monotonic() - started
+
+
+def sigkill_cycles(
+    dep: Deployment, workers: list[Any], rng: random.Random, kills: int, **env: str
+) -> list[float]:
+    """SIGKILL a random worker at random moments ``kills`` times, starting a replacement
+    (with ``env``) each time; the recovery of each is the time from the kill until the
+    group has committed everything produced before it."""
+    recoveries: list[float] = []
+    for _ in range(kills):
+        time.sleep(rng.uniform(1.0, 4.0))
+        victim = rng.choice(workers)
+        targets = {p: end for p, (_, end) in group_positions(dep, "feedback.explicit").items()}
+        killed_at = time.monotonic()
+        victim.kill()
+        workers.remove(victim)
+        workers.append(dep.start_worker(**env))
+        wait_committed_past(dep, "feedback.explicit", targets, timeout_s=120)
+        recoveries.append(time.monotonic() - killed_at)
+    return recoveries
 
 
 class PacedProducer(threading.Thread):

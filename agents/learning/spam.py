@@ -47,12 +47,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_ROUNDS",
     "SEVERITY_NAMES",
     "Guard",
     "GuardConfig",
     "GuardResult",
     "GuardState",
     "ScoreWeights",
+    "arrival_rounds",
     "item_key",
     "reliability_score",
 ]
@@ -64,6 +66,30 @@ _HOUR_MINUTES = 60
 # array answers "how many of this user's events since t" with a single searchsorted.
 _TIME_BITS = 40  # 2**40 ms ≈ 35 years
 _MINUTE_BITS = 32
+# Arrival rounds judged one by one within a batch (see Guard.observe); a stream that goes
+# back in time more often than this within one batch is judged in time order after it.
+MAX_ROUNDS = 64
+
+
+def arrival_rounds(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """(n,) round of each event: per user, how often its timestamps went back in time
+    before it in arrival order (capped at ``MAX_ROUNDS - 1``).
+
+    >>> arrival_rounds(np.array([0, 1, 0, 0, 1]), np.array([5.0, 9.0, 3.0, 4.0, 1.0])).tolist()
+    [0, 0, 1, 1, 1]
+    """
+    order = np.argsort(users, kind="stable")
+    u, t = users[order], ts[order]
+    back = np.zeros(u.size, dtype=np.int64)
+    back[1:] = (u[1:] == u[:-1]) & (t[1:] < t[:-1])
+    count = np.cumsum(back)
+    first = np.ones(u.size, dtype=bool)
+    first[1:] = u[1:] != u[:-1]
+    # Subtract the count at each user's first event: rounds restart per user.
+    at_first = np.maximum.accumulate(np.where(first, np.arange(u.size), 0))
+    rounds = np.empty(u.size, dtype=np.int64)
+    rounds[order] = np.minimum(count - count[at_first], MAX_ROUNDS - 1)
+    return rounds
 
 
 @dataclass(frozen=True)
@@ -327,9 +353,14 @@ class Guard:
     ) -> GuardResult:
         """Check a batch of events and add them to their users' states.
 
-        Events of one user are taken in arrival order and their timestamps made non-decreasing
-        (an event stamped before its predecessor counts at the predecessor's time), which is the
-        order Kafka keeps per key.
+        Each event is judged in event time against the user's events that arrived before
+        it: its rate windows and timing gaps are taken among those events ordered by
+        timestamp. An event stamped before events already seen (explicit feedback that reached
+        the guard behind implicit feedback read from another topic) is placed at its own time,
+        not counted as a burst at the latest one. A batch whose user streams go back in time
+        is judged in arrival rounds (each a run of non-decreasing timestamps per user), so a
+        verdict does not depend on how the stream was cut into batches; past
+        :data:`MAX_ROUNDS` rounds the rest of a batch is judged as one time-ordered round.
 
         Parameters
         ----------
@@ -349,7 +380,6 @@ class Guard:
         >>> r.per_minute.tolist(), [p.n_events for p in people]
         ([1, 1, 2], [2, 1])
         """
-        cfg = self.config
         u = np.asarray(users)
         t = np.asarray(ts, dtype=float)
         it = np.asarray(items)
@@ -364,17 +394,38 @@ class Guard:
         if u.size and (u.min() < 0 or u.max() >= len(states)):
             raise ValueError(f"users must index states, i.e. lie in [0, {len(states)})")
         n = t.size
+        result = GuardResult(
+            np.zeros(n),
+            np.zeros(n, bool),
+            np.zeros(n, bool),
+            np.zeros(n, np.int64),
+            np.zeros(n, np.int64),
+            np.zeros((n, len(SEVERITY_NAMES))),
+        )
         if n == 0:
-            return GuardResult(
-                np.zeros(0),
-                np.zeros(0, bool),
-                np.zeros(0, bool),
-                np.zeros(0, np.int64),
-                np.zeros(0, np.int64),
-                np.zeros((0, len(SEVERITY_NAMES))),
-            )
+            return result
+        rounds = arrival_rounds(u, t)
+        for r in range(int(rounds.max()) + 1):
+            idx = np.flatnonzero(rounds == r)
+            part = self._observe_round(states, u[idx], t[idx], it[idx], rt[idx])
+            for name in ("score", "flagged", "rate_limited", "per_minute", "per_hour",
+                         "severities"):  # fmt: skip
+                getattr(result, name)[idx] = getattr(part, name)
+        return result
 
-        order = np.argsort(u, kind="stable")
+    def _observe_round(
+        self,
+        states: Sequence[GuardState],
+        u: np.ndarray,
+        t: np.ndarray,
+        it: np.ndarray,
+        rt: np.ndarray,
+    ) -> GuardResult:
+        """:meth:`observe` for events whose timestamps do not decrease per user."""
+        cfg = self.config
+        n = t.size
+        # By user, then time (ties keep arrival order).
+        order = np.lexsort((t, u))
         lay = self._layout(states, u[order], t[order], it[order].astype(np.int64), rt[order])
         minute = (lay.base_ms[lay.batch_seg] + lay.ms[lay.batch_pos]) // _MINUTE_MS
 
@@ -438,18 +489,21 @@ class Guard:
         ms = abs_ms - base_ms[seg]
         if ms.max() >= 1 << _TIME_BITS:
             raise ValueError("one user's timestamps span more than 2**40 ms (35 years)")
-        # Segment keys increase from one user to the next, so a running maximum over all of
-        # them makes every user's times non-decreasing without crossing users.
-        key = np.maximum.accumulate((seg.astype(np.int64) << _TIME_BITS) + ms)
-        ms = key - (seg.astype(np.int64) << _TIME_BITS)
-
         items = np.empty(total, dtype=np.int64)
         items[hist_pos] = np.concatenate([s.items for s in states])
         items[batch_pos] = items_b
         ratings = np.empty(total)
         ratings[hist_pos] = np.concatenate([s.ratings for s in states])
         ratings[batch_pos] = ratings_b
-        return _Layout(seg, start, length, batch_pos, seg_b, ms, items, ratings, base_ms)
+        # Each user's history and batch merged by time: the history holds the latest events
+        # seen, and a batch event may be older than some of them. Segment keys increase from
+        # one user to the next, so one stable sort orders every segment without crossing
+        # users; on equal times the history (placed first) stays first.
+        merged = np.argsort((seg.astype(np.int64) << _TIME_BITS) + ms, kind="stable")
+        position = np.empty(total, dtype=np.int64)
+        position[merged] = np.arange(total)
+        return _Layout(seg, start, length, position[batch_pos], seg_b, ms[merged],
+                       items[merged], ratings[merged], base_ms)  # fmt: skip
 
     def _hourly_counts(
         self, states: Sequence[GuardState], lay: _Layout, minute: np.ndarray
@@ -466,12 +520,13 @@ class Guard:
 
         hist_key = (seg_h << _MINUTE_BITS) + (minutes - lowest + _HOUR_MINUTES)
         cum = np.concatenate([[0], np.cumsum(counts)])
-        hist_end = np.searchsorted(hist_key, (seg_b + 1) << _MINUTE_BITS, side="left")
+        # Up to the event's own minute: the history may hold later minutes (a late event).
+        own_key = (seg_b << _MINUTE_BITS) + (minute - lowest + _HOUR_MINUTES)
+        hist_end = np.searchsorted(hist_key, own_key, side="right")
         from_history = cum[hist_end] - cum[np.searchsorted(hist_key, low_key, side="left")]
 
-        batch_key = (seg_b << _MINUTE_BITS) + (minute - lowest + _HOUR_MINUTES)
         index = np.arange(minute.size)
-        from_batch = index + 1 - np.searchsorted(batch_key, low_key, side="left")
+        from_batch = index + 1 - np.searchsorted(own_key, low_key, side="left")
         return from_history + from_batch
 
     def _windows(self, lay: _Layout) -> tuple[np.ndarray, np.ndarray]:

@@ -71,6 +71,9 @@ def isolated_deployment(
     if failed is not None and failed.failed:
         for w in dep.workers:
             print(f"--- log of {w.name} ---\n{w.log_tail(60)}")
+        if os.environ.get("LOOPWISE_KEEP_FAILED_TOPICS") == "1":  # for a post-mortem
+            print(f"topics kept: prefix {dep.settings.topic_prefix} app {dep.settings.app_id}")
+            return
     dep.delete_topics()
 
 

@@ -12,6 +12,7 @@ import contextlib
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -272,8 +273,14 @@ def assert_exact(
             )
         )
     for name, found in stores.items():
-        assert not found, (name, found)
+        # Events the guard quarantined never train: name them next to the shortfall.
+        assert not found, (name, found, quarantine_summary(dep))
     return resent
+
+
+def quarantine_summary(dep: Deployment) -> str:
+    reasons = Counter(r["error_message"].split(": ", 1)[-1] for r in dep.read("quarantine"))
+    return f"{sum(reasons.values())} quarantined: {dict(reasons)}"
 
 
 def group_positions(dep: Deployment, topic_name: str) -> dict[int, tuple[int, int]]:

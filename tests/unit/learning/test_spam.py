@@ -11,11 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.learning.spam import (
+    MAX_ROUNDS,
     SEVERITY_NAMES,
     Guard,
     GuardConfig,
     GuardState,
     ScoreWeights,
+    arrival_rounds,
     item_key,
     reliability_score,
 )
@@ -292,11 +294,70 @@ def test_users_far_apart_in_time_share_a_batch() -> None:
     assert states[1].ts.tolist() == [1.7e9, 1.7e9 + 10.0]
 
 
-def test_out_of_order_timestamps_count_at_the_previous_event_time() -> None:
+def test_a_late_event_is_judged_at_its_own_time() -> None:
     state = GuardState()
     res = Guard().observe_one(state, np.array([100.0, 50.0, 130.0]), np.array([1, 2, 3]))
-    assert state.ts.tolist() == [100.0, 100.0, 130.0]
-    assert res.per_minute.tolist() == [1, 2, 3]
+    # 50 s arrived after 100 s: its minute holds only itself; 130 s sees 100 s (50 s is out
+    # of its minute); the history keeps the events in time order.
+    assert res.per_minute.tolist() == [1, 1, 2]
+    assert state.ts.tolist() == [50.0, 100.0, 130.0]
+
+
+def test_explicit_feedback_behind_implicit_feedback_is_not_a_burst() -> None:
+    # One person, an action every 30 s (a rating, then a view 12 s later). The views reach
+    # the guard first; the ratings of the same ten minutes arrive afterwards, as when the
+    # explicit topic's consumer lags behind the implicit one after a restart.
+    n = 40
+    ratings_ts = 1_000.0 + 30.0 * np.arange(n) + (np.arange(n) * 7.919) % 20.0
+    views_ts = ratings_ts + 12.345
+    guard = Guard()
+    lagging, in_order = GuardState(), GuardState()
+    late = [guard.observe_one(lagging, views_ts[:20], np.arange(20))]
+    late.append(guard.observe_one(lagging, ratings_ts[:20], np.arange(20), np.full(20, 4.0)))
+    for cut in range(20, n, 5):
+        late.append(guard.observe_one(lagging, views_ts[cut : cut + 5], np.arange(5)))
+        late.append(guard.observe_one(lagging, ratings_ts[cut : cut + 5], np.arange(5),
+                                      np.full(5, 4.0)))  # fmt: skip
+    assert not any(r.flagged.any() for r in late)
+    # No minute looks busier than it does to a guard that saw everything in time order.
+    ts = np.sort(np.concatenate([ratings_ts, views_ts]))
+    straight = guard.observe_one(in_order, ts, np.zeros(ts.size, dtype=np.int64))
+    assert max(int(r.per_minute.max()) for r in late) <= straight.per_minute.max() == 5
+    assert lagging.ts.tolist() == in_order.ts.tolist()
+    assert lagging.minute_counts.sum() == in_order.minute_counts.sum()
+
+
+def test_late_events_get_the_same_verdicts_in_any_batching() -> None:
+    rng = np.random.default_rng(5)
+    users, ts, items, ratings = human_streams(rng, 6, 60)
+    # Swap neighbouring pairs across users' streams: every user's arrival goes back in time.
+    shuffled = np.arange(ts.size)
+    for i in range(0, ts.size - 7, 7):
+        shuffled[i], shuffled[i + 6] = shuffled[i + 6], shuffled[i]
+    users, ts, items, ratings = users[shuffled], ts[shuffled], items[shuffled], ratings[shuffled]
+    guard = Guard()
+    one_states = [GuardState() for _ in range(6)]
+    one = observe_in_batches(guard, one_states, users, ts, items, ratings, [])
+    many_states = [GuardState() for _ in range(6)]
+    cuts = sorted(rng.choice(np.arange(1, ts.size), 25, replace=False).tolist())
+    many = observe_in_batches(guard, many_states, users, ts, items, ratings, cuts)
+    for name in one:
+        assert np.array_equal(one[name], many[name]), name
+    for a, b in zip(one_states, many_states, strict=True):
+        assert a.to_dict() == b.to_dict()
+
+
+def test_a_stream_going_back_in_time_too_often_is_judged_in_time_order() -> None:
+    # Alternating timestamps: twice as many arrival rounds as MAX_ROUNDS in one batch.
+    n = 4 * MAX_ROUNDS
+    ts = np.where(np.arange(n) % 2 == 0, 0.0, 5000.0) + 20.0 * np.arange(n)
+    rounds = arrival_rounds(np.zeros(n, dtype=np.int64), ts)
+    assert rounds.max() == MAX_ROUNDS - 1
+    state = GuardState()
+    res = Guard().observe_one(state, ts, np.arange(n))
+    assert np.all(np.diff(state.ts) >= 0)
+    assert state.n_events == n
+    assert res.per_minute.max() <= 4  # 20 s apart in event time, whatever the arrival
 
 
 def test_validation_and_stable_item_keys() -> None:

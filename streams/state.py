@@ -22,6 +22,25 @@ log = logging.getLogger(__name__)
 def put(table: TableT, partition: int, key: str, value: bytes) -> None:
     table.send_changelog(partition, key, value)
     table.data[key] = value
+    _index_partition(table, key, partition)
+
+
+def _index_partition(table: TableT, key: str, partition: int | None) -> None:
+    """Record (or, with ``None``, forget) the partition of a key written here.
+
+    faust's memory store learns a key's partition only when it recovers the key from the
+    changelog, and after a rebalance drops only the keys it knows to belong to partitions
+    that moved away. A key written live would stay behind as a stale copy: served by
+    ``/state``, walked by the periodic scan, and at risk of being written back over the new
+    owner's newer value. With the partition recorded, faust drops it like any other.
+    """
+    index = getattr(table.data, "_key_partition", None)
+    if index is None:  # not the memory store
+        return
+    if partition is None:
+        index.pop(key, None)
+    else:
+        index[key] = partition
 
 
 def put_fast(table: TableT, partition: int, key: str, value: bytes | None) -> None:
@@ -35,14 +54,17 @@ def put_fast(table: TableT, partition: int, key: str, value: bytes | None) -> No
     fast_producer.send(table.changelog_topic.get_topic_name(), raw_key, value, partition)
     if value is None:
         table.data.pop(key, None)
+        _index_partition(table, key, None)
     else:
         table.data[key] = value
+        _index_partition(table, key, partition)
 
 
 def delete(table: TableT, partition: int, key: str) -> None:
     """Tombstone a key in the changelog and drop it from the local store."""
     table.send_changelog(partition, key, None, value_serializer="raw")
     table.data.pop(key, None)
+    _index_partition(table, key, None)
 
 
 def crash_point(name: str) -> None:

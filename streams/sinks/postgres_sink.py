@@ -38,12 +38,13 @@ class PostgresRecords:
         if rows:
             await self._write(lambda cur: cur.executemany(sql, rows), len(rows))
 
-    async def execute_columns(self, sql: str, columns: Sequence[Sequence[Any]], rows: int) -> None:
-        """One statement for many rows, passed as one array per column (the statement
-        ``unnest``s them): one round trip and one plan instead of a pipeline of ``rows``
-        statements, whose per-row Python cost dominated large batches."""
+    async def execute_batch(self, sql: str, params: Sequence[Any], rows: int) -> None:
+        """One statement for ``rows`` rows carried in its parameters (e.g. one JSON array the
+        statement reads with ``json_to_recordset``): one round trip and one plan instead of
+        a pipeline of ``rows`` statements, whose per-row Python cost dominated large
+        batches."""
         if rows:
-            await self._write(lambda cur: cur.execute(sql, columns), rows)
+            await self._write(lambda cur: cur.execute(sql, params), rows)
 
     async def _write(self, statement: Callable[[Any], Awaitable[Any]], rows: int) -> None:
         """Run ``statement(cursor)`` on a pooled connection, retrying transient faults."""

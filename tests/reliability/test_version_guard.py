@@ -12,9 +12,10 @@ import os
 import random
 import uuid
 
+import orjson
 import pytest
 
-from agents.preferences import UPSERT_SQL
+from agents.preferences import UPSERT_SQL, json_rows
 from streams.sinks.postgres_sink import PostgresRecords
 from streams.sinks.redis_sink import RedisLatestValues
 from tests.reliability import summary
@@ -118,15 +119,20 @@ def test_concurrent_stale_postgres_upserts_never_go_back() -> None:
                 # The agent's statement takes each user once (ON CONFLICT DO UPDATE cannot
                 # touch a row twice): a batch's rows are split into runs of distinct users.
                 for run in distinct_runs(batch):
-                    cols = [
-                        [users[int(k[1:])] for k, _ in run],
-                        [f"{{{float(v)}}}" for _, v in run],
-                        [v for _, v in run],
-                        ["regular"] * len(run),
-                        [v for _, v in run],
-                        [v for _, v in run],
+                    rows = [
+                        orjson.dumps(
+                            {
+                                "user_id": users[int(k[1:])],
+                                "vector": [float(v)],
+                                "version": v,
+                                "segment": "regular",
+                                "interactions": v,
+                                "source_ts": v,
+                            }
+                        )
+                        for k, v in run
                     ]
-                    await pool.execute_columns(UPSERT_SQL, cols, len(run))
+                    await pool.execute_batch(UPSERT_SQL, [json_rows(rows)], len(run))
 
         stop, steps_back = asyncio.Event(), []
         watcher = asyncio.create_task(watch(read, stop, steps_back))

@@ -10,8 +10,9 @@ Replays: an event at or below the guard's offset watermark was judged before; it
 is read back from the flagged offsets instead of being judged again, so a crash between the
 guard's write and the preference state's write cannot let a flagged event through.
 
-Guard states of users quiet for longer than the rate windows (an hour) are dropped by the
-periodic scan, so their memory follows the active users, not all users.
+Guard states of users from whom nothing arrived for longer than the rate windows (an hour,
+by the Kafka timestamps of their events) are dropped by the periodic scan, so their memory
+follows the active users, not all users.
 """
 
 from __future__ import annotations
@@ -158,7 +159,9 @@ class FeedbackGuard:
             g = users[v.payload["user_id"]]
             slot = slot_of[v.topic]
             g.watermark[slot] = max(g.watermark[slot], v.offset)
-            g.last_s = max(g.last_s, v.payload["ts"] / 1000.0)
+            # When it reached Kafka, not its event time: the scan drops the states of users
+            # from whom nothing arrived for an hour, and a backfill of old events is activity.
+            g.last_s = max(g.last_s, v.timestamp)
             if result.flagged[j] or result.rate_limited[j]:
                 reasons = [n for n, sev in zip(SEVERITY_NAMES, result.severities[j], strict=True)
                            if sev > 0]  # fmt: skip

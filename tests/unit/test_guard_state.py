@@ -6,8 +6,10 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.guard import UserGuard
-from agents.learning.spam import Guard, GuardState
+from agents.guard import FeedbackGuard, UserGuard, guard_key
+from agents.learning.spam import Guard, GuardConfig, GuardState
+from streams.boundary import Valid
+from streams.relay_records import RelayedEvent, RelayedMessage
 
 
 def observed(seed: int, n: int) -> UserGuard:
@@ -56,3 +58,26 @@ def test_other_bytes_are_refused() -> None:
     with pytest.raises(ValueError, match="not a guard state"):
         UserGuard.from_bytes(b"XX" + bytes(60))
     assert GuardState().n_events == 0
+
+
+def relayed(offset: int, event_ts_ms: int, arrived_s: float) -> Valid:
+    message = RelayedMessage("feedback.implicit", 0, offset, arrived_s, b"u", b"{}")
+    payload = {"user_id": "u", "ts": event_ts_ms, "item_id": "item-1", "kind": "view"}
+    return Valid(payload, RelayedEvent(message))  # type: ignore[arg-type]
+
+
+def test_judge_keeps_its_bookkeeping_by_offset_and_arrival() -> None:
+    guard = FeedbackGuard(GuardConfig(), None, None)  # type: ignore[arg-type]
+    store: dict[str, bytes] = {}
+    slots = {"feedback.implicit": 1}
+    # A backfill: events from 2023 arriving now. The scan drops states by arrival time, so
+    # last_s must be the arrival (Kafka timestamp), not the event time.
+    batch = [relayed(10 + i, 1_700_000_000_000 + 40_000 * i, 1.8e9 + i) for i in range(5)]
+    flagged, states = guard.judge(batch, slots, store.get)
+    assert flagged == {}
+    g = states["u"]
+    assert g.last_s == 1.8e9 + 4 and g.watermark == [-1, 14] and g.state.n_events == 5
+    store[guard_key("u")] = g.to_bytes()
+    # A replay of the same offsets is not judged (or counted) again.
+    _, again = guard.judge(batch, slots, store.get)
+    assert again["u"].state.n_events == 5

@@ -394,6 +394,9 @@ class Guard:
         if u.size and (u.min() < 0 or u.max() >= len(states)):
             raise ValueError(f"users must index states, i.e. lie in [0, {len(states)})")
         n = t.size
+        rounds = arrival_rounds(u, t) if n else np.zeros(0, dtype=np.int64)
+        if n == 0 or rounds.max() == 0:  # the usual batch: every user's times in order
+            return self._observe_round(states, u, t, it, rt)
         result = GuardResult(
             np.zeros(n),
             np.zeros(n, bool),
@@ -402,12 +405,26 @@ class Guard:
             np.zeros(n, np.int64),
             np.zeros((n, len(SEVERITY_NAMES))),
         )
-        if n == 0:
-            return result
-        rounds = arrival_rounds(u, t)
         for r in range(int(rounds.max()) + 1):
             idx = np.flatnonzero(rounds == r)
-            part = self._observe_round(states, u[idx], t[idx], it[idx], rt[idx])
+            # Only the users of this round: the layout walks every state it is given.
+            present, local = np.unique(u[idx], return_inverse=True)
+            part = self._observe_round([states[i] for i in present.tolist()], local, t[idx],
+                                       it[idx], rt[idx])  # fmt: skip
+            for name in ("score", "flagged", "rate_limited", "per_minute", "per_hour",
+                         "severities"):  # fmt: skip
+                getattr(result, name)[idx] = getattr(part, name)
+        return result
+        rounds = arrival_rounds(u, t)
+        if rounds.max() == 0:  # the usual batch: every user's times in order
+            part = self._observe_round(states, u, t, it, rt)
+            return part
+        for r in range(int(rounds.max()) + 1):
+            idx = np.flatnonzero(rounds == r)
+            # Only the users of this round: the layout walks every state it is given.
+            present, local = np.unique(u[idx], return_inverse=True)
+            part = self._observe_round([states[i] for i in present.tolist()], local, t[idx],
+                                       it[idx], rt[idx])  # fmt: skip
             for name in ("score", "flagged", "rate_limited", "per_minute", "per_hour",
                          "severities"):  # fmt: skip
                 getattr(result, name)[idx] = getattr(part, name)
@@ -424,6 +441,15 @@ class Guard:
         """:meth:`observe` for events whose timestamps do not decrease per user."""
         cfg = self.config
         n = t.size
+        if n == 0:
+            return GuardResult(
+                np.zeros(0),
+                np.zeros(0, bool),
+                np.zeros(0, bool),
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int64),
+                np.zeros((0, len(SEVERITY_NAMES))),
+            )
         # By user, then time (ties keep arrival order).
         order = np.lexsort((t, u))
         lay = self._layout(states, u[order], t[order], it[order].astype(np.int64), rt[order])

@@ -415,20 +415,6 @@ class Guard:
                          "severities"):  # fmt: skip
                 getattr(result, name)[idx] = getattr(part, name)
         return result
-        rounds = arrival_rounds(u, t)
-        if rounds.max() == 0:  # the usual batch: every user's times in order
-            part = self._observe_round(states, u, t, it, rt)
-            return part
-        for r in range(int(rounds.max()) + 1):
-            idx = np.flatnonzero(rounds == r)
-            # Only the users of this round: the layout walks every state it is given.
-            present, local = np.unique(u[idx], return_inverse=True)
-            part = self._observe_round([states[i] for i in present.tolist()], local, t[idx],
-                                       it[idx], rt[idx])  # fmt: skip
-            for name in ("score", "flagged", "rate_limited", "per_minute", "per_hour",
-                         "severities"):  # fmt: skip
-                getattr(result, name)[idx] = getattr(part, name)
-        return result
 
     def _observe_round(
         self,

@@ -63,12 +63,12 @@ from streams.config import REPO_ROOT, Settings
 
 TARGET_MB = 300.0
 MB = 1_000_000
-_QUIET: dict[str, Any] = {"ids": 0, "window": False, "recovered": True, "dtype": "int16"}
+_QUIET: dict[str, Any] = {"ids": 0, "window": False, "partition_index": True, "dtype": "int16"}
 CASES: dict[str, dict[str, Any]] = {
     "quiet (ids pruned)": _QUIET,
     "seen once (1 id)": {**_QUIET, "ids": 1},
     "quiet + open window": {**_QUIET, "window": True},
-    "quiet, no partition index": {**_QUIET, "recovered": False},
+    "quiet, no partition index": {**_QUIET, "partition_index": False},
     "quiet, float16": {**_QUIET, "dtype": "float16"},
     "quiet, float32": {**_QUIET, "dtype": "float32"},
     "layout 1, 16 ids": {**_QUIET, "ids": 16, "dtype": "float32", "layout": 1},
@@ -176,12 +176,12 @@ def guard_blob(events: int = 32) -> bytes:
 
 
 def build_store(
-    values: list[bytes], recovered: bool, guard: bytes | None = None
+    values: list[bytes], partition_index: bool, guard: bytes | None = None
 ) -> tuple[dict, dict | None]:
     store = {user_key(i): bytes(bytearray(v)) for i, v in enumerate(values)}
     if guard is not None:
         store.update({f"g|{user_key(i)}": bytes(bytearray(guard)) for i in range(len(values))})
-    index = dict.fromkeys(store, 3) if recovered else None
+    index = dict.fromkeys(store, 3) if partition_index else None
     return store, index
 
 
@@ -207,11 +207,11 @@ def measure_case(name: str, n: int, dim: int) -> dict[str, Any]:
     # (fresh copies of the prepared values, so they are allocated while measuring). RSS
     # first, untraced (tracemalloc's own bookkeeping would inflate it), then tracemalloc.
     rss0 = rss_bytes()
-    store = build_store(values, spec["recovered"], guard)
+    store = build_store(values, spec["partition_index"], guard)
     rss = rss_bytes() - rss0
     del store
     tracemalloc.start()
-    store, index = build_store(values, spec["recovered"], guard)
+    store, index = build_store(values, spec["partition_index"], guard)
     traced = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     sample_key = next(iter(store))
@@ -268,7 +268,7 @@ def breakdown(r: dict[str, Any], n: int, dim: int) -> list[tuple[str, float]]:
         ("dict slots (index + entry)", r["dict"] / n),
     ]  # fmt: skip
     if r["index_dict"]:
-        rows.append(("recovery index dict (key -> partition)", r["index_dict"] / n))
+        rows.append(("partition index dict (key -> partition)", r["index_dict"] / n))
     return rows
 
 

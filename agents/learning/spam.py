@@ -209,6 +209,18 @@ class GuardResult:
     per_hour: np.ndarray
     severities: np.ndarray
 
+    @classmethod
+    def zeros(cls, n: int) -> GuardResult:
+        """n verdicts to fill in (score 0, nothing flagged)."""
+        return cls(
+            np.zeros(n),
+            np.zeros(n, bool),
+            np.zeros(n, bool),
+            np.zeros(n, np.int64),
+            np.zeros(n, np.int64),
+            np.zeros((n, len(SEVERITY_NAMES))),
+        )
+
 
 def _ramp(x: np.ndarray, zero_at: float, one_at: float) -> np.ndarray:
     """Linear severity: 0 at ``zero_at``, 1 at ``one_at`` (either direction), clipped."""
@@ -397,14 +409,7 @@ class Guard:
         rounds = arrival_rounds(u, t) if n else np.zeros(0, dtype=np.int64)
         if n == 0 or rounds.max() == 0:  # the usual batch: every user's times in order
             return self._observe_round(states, u, t, it, rt)
-        result = GuardResult(
-            np.zeros(n),
-            np.zeros(n, bool),
-            np.zeros(n, bool),
-            np.zeros(n, np.int64),
-            np.zeros(n, np.int64),
-            np.zeros((n, len(SEVERITY_NAMES))),
-        )
+        result = GuardResult.zeros(n)
         for r in range(int(rounds.max()) + 1):
             idx = np.flatnonzero(rounds == r)
             # Only the users of this round: the layout walks every state it is given.
@@ -428,14 +433,7 @@ class Guard:
         cfg = self.config
         n = t.size
         if n == 0:
-            return GuardResult(
-                np.zeros(0),
-                np.zeros(0, bool),
-                np.zeros(0, bool),
-                np.zeros(0, np.int64),
-                np.zeros(0, np.int64),
-                np.zeros((0, len(SEVERITY_NAMES))),
-            )
+            return GuardResult.zeros(0)
         # By user, then time (ties keep arrival order).
         order = np.lexsort((t, u))
         lay = self._layout(states, u[order], t[order], it[order].astype(np.int64), rt[order])

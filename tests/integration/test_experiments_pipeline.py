@@ -267,7 +267,10 @@ def final_result(dep: Deployment, truth: Truth) -> dict[str, Any]:
         if r is None or r["total_units"] != total:
             return None
         got = sum(v["conversions"] or 0 for v in r["variants"])
-        return r if got == conversions else None
+        # The never-exposed units' conversions come last in the stream: a result can count
+        # every exposed conversion before the agent has read them.
+        held = r["srm"]["held_units"] == truth.held_units
+        return r if got == conversions and held else None
 
     return wait_for(done, timeout_s=90, what=f"final result of {truth.exp}")
 

@@ -267,7 +267,7 @@ class PartialsView:
             settings.kafka_bootstrap_servers, settings.topic("bandits.partials"), self._apply
         )
 
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+    def _apply(self, key: bytes | None, value: bytes | None, *_: object) -> None:
         if key is None or value is None:
             return
         partial = Partial.from_bytes(value)

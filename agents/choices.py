@@ -77,7 +77,7 @@ from agents.choice_state import (
 )
 from agents.learning.choice_model import ChoiceModelConfig, PublishedWeights
 from agents.learning.choice_segments import SEGMENTS, SegmentRules
-from streams.app import app, deadletter_topic, postgres, redis_values, settings, topic
+from streams.app import admission, app, deadletter_topic, postgres, redis_values, settings, topic
 from streams.boundary import Boundary, Valid
 from streams.codecs import EventDecoder, Rejected, encode
 from streams.metrics import (
@@ -167,6 +167,8 @@ boundary = Boundary(
     AGENT,
     {settings.topic(n): EventDecoder(n, settings.max_message_bytes) for n in RECS},
     deadletter_topic,
+    admission=admission,
+    max_record_bytes=settings.max_message_bytes,
 )
 customer_boundary = Boundary(
     AGENT_CUSTOMERS,
@@ -176,6 +178,8 @@ customer_boundary = Boundary(
         )
     },
     deadletter_topic,
+    admission=admission,
+    max_record_bytes=settings.max_message_bytes,
 )
 segment_boundary = Boundary(
     AGENT_SEGMENTS,
@@ -185,6 +189,8 @@ segment_boundary = Boundary(
         )
     },
     deadletter_topic,
+    admission=admission,
+    max_record_bytes=settings.max_message_bytes,
 )
 _slot_of_topic = {settings.topic(name): slot for name, slot in TOPIC_SLOTS.items()}
 

@@ -79,7 +79,7 @@ from agents.experiment_state import (
     event_id_hash,
     unit_key,
 )
-from streams.app import app, deadletter_topic, postgres, redis_values, settings, topic
+from streams.app import admission, app, deadletter_topic, postgres, redis_values, settings, topic
 from streams.boundary import Boundary, Valid
 from streams.codecs import EventDecoder, dead_letter, encode
 from streams.experiments_store import _COLUMNS, Experiment
@@ -114,6 +114,8 @@ boundary = Boundary(
     AGENT,
     {settings.topic(name): EventDecoder(name, settings.max_message_bytes) for name in INPUTS},
     deadletter_topic,
+    admission=admission,
+    max_record_bytes=settings.max_message_bytes,
 )
 policy = Policy.from_settings(settings)
 _slot_of_topic = {settings.topic(name): TOPIC_SLOTS[name] for name in INPUTS}

@@ -40,11 +40,12 @@ import faust
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from agents.bandits import unknown_algorithm_of
-from streams.app import app, catalog, settings
+from streams.app import admission, app, catalog, settings
 from streams.codecs import EventDecoder, Rejected, dead_letter, encode
+from streams.consumer_health import register
 from streams.kafka_admin import producer as new_producer
 from streams.metrics import DEAD_LETTERS, EVENTS_IN, EVENTS_OUT, EVENTS_VALID
-from streams.relay_records import SourceEvent, chunks, pack
+from streams.relay_records import RECORD_MAX_BYTES, SourceEvent, chunks, pack
 from streams.security import confluent_config
 from streams.state import crash_point
 
@@ -52,6 +53,10 @@ log = logging.getLogger(__name__)
 AGENT = "implicit-relay"
 UNKNOWN_ITEM_WAIT_S = 2.0
 FLUSH_TIMEOUT_S = 30.0
+
+
+# (the record, dead-letter kind, message, expected partition of a misrouted record)
+Reject = tuple[Message, str, str, int | None]
 
 
 class RelayDeliveryFailed(RuntimeError):
@@ -66,6 +71,9 @@ class ImplicitRelay:
         self.target = settings.topic("feedback.implicit.relay")
         self.deadletter = settings.topic("deadletter")
         self.decode = EventDecoder("feedback.implicit", settings.max_message_bytes)
+        # A relay record always fits the producer's limit (an event travels alone when
+        # large); the header and index take far less than the overhead allowance.
+        self.record_bytes = min(RECORD_MAX_BYTES, settings.max_message_bytes)
         self.assigned: frozenset[int] = frozenset()
         self.relayed = 0
         self.last_error: str | None = None
@@ -73,6 +81,9 @@ class ImplicitRelay:
         self._thread: threading.Thread | None = None
         self._failures: list[str] = []
         self._catalog_loaded = False
+        self.health = register(AGENT)
+        self.health.lag = lambda: self.lag_estimate
+        self.lag_estimate: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -95,7 +106,10 @@ class ImplicitRelay:
             try:
                 self._serve()
             except Exception as exc:
+                # What was read and not committed is read again by the new clients; a
+                # failure that repeats shows in /ready (streams.consumer_health).
                 self.last_error = repr(exc)
+                self.health.failed(exc)
                 log.exception("implicit relay: restarting its Kafka clients in 1 s")
                 self._stop.wait(1.0)
 
@@ -132,6 +146,8 @@ class ImplicitRelay:
                 messages = consumer.consume(settings.relay_max_events, settings.relay_within_s)
                 if messages:
                     self._relay_batch(consumer, out, messages)
+                    self.health.succeeded()
+                self.lag_estimate = self._lag(consumer)
         finally:
             out.flush(FLUSH_TIMEOUT_S)
             consumer.close()  # leaves the group at once: the partitions move without waiting
@@ -143,13 +159,29 @@ class ImplicitRelay:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned = self.assigned - {tp.partition for tp in partitions}
 
+    def _lag(self, consumer: Consumer) -> int | None:
+        """Records behind the ends of the assigned partitions, from the watermarks the last
+        fetches returned (no request to the broker)."""
+        try:
+            positions = consumer.position(
+                [TopicPartition(self.source, p) for p in sorted(self.assigned)]
+            )
+            total = 0
+            for tp in positions:
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    total += max(0, high - tp.offset)
+            return total
+        except KafkaException:
+            return None
+
     # -- one batch ---------------------------------------------------------------------
 
     def _relay_batch(self, consumer: Consumer, out: Any, messages: list[Message]) -> None:
         valid, rejects, ends = self._split(messages)
         valid = self._drop_unknown_items(valid, rejects)
-        for msg, kind, text in rejects:
-            self._dead_letter(out, msg, kind, text)
+        for msg, kind, text, expected in rejects:
+            self._dead_letter(out, msg, kind, text, expected)
         by_partition: dict[int, list[SourceEvent]] = defaultdict(list)
         for msg, _ in valid:
             by_partition[msg.partition()].append(
@@ -158,7 +190,7 @@ class ImplicitRelay:
         self._failures.clear()
         records = 0
         for partition, events in by_partition.items():
-            for run in chunks(events, settings.relay_record_events):
+            for run in chunks(events, settings.relay_record_events, self.record_bytes):
                 out.produce(
                     self.target,
                     value=pack(self.source, partition, run),
@@ -180,10 +212,12 @@ class ImplicitRelay:
     def _split(
         self, messages: list[Message]
     ) -> tuple[
-        list[tuple[Message, dict[str, Any]]], list[tuple[Message, str, str]], dict[int, int]
+        list[tuple[Message, dict[str, Any]]],
+        list[Reject],
+        dict[int, int],
     ]:
         valid: list[tuple[Message, dict[str, Any]]] = []
-        rejects: list[tuple[Message, str, str]] = []
+        rejects: list[Reject] = []
         ends: dict[int, int] = {}
         for msg in messages:
             error = msg.error()
@@ -194,12 +228,14 @@ class ImplicitRelay:
             ends[msg.partition()] = msg.offset() + 1
             try:
                 payload = self.decode(msg.value())
+                ts_type, ts = msg.timestamp()
+                admission.check(self.source, msg.partition(), ts if ts_type else None, payload)
             except Rejected as rejected:
-                rejects.append((msg, rejected.kind, rejected.message))
+                rejects.append((msg, rejected.kind, rejected.message, rejected.expected_partition))
                 continue
             problem = unknown_algorithm_of(payload)
             if problem is not None:
-                rejects.append((msg, "unknown_arm", problem))
+                rejects.append((msg, "unknown_arm", problem, None))
                 continue
             valid.append((msg, payload))
         EVENTS_IN.labels(topic=self.source, agent=AGENT).inc(len(messages))
@@ -209,7 +245,7 @@ class ImplicitRelay:
     def _drop_unknown_items(
         self,
         valid: list[tuple[Message, dict[str, Any]]],
-        rejects: list[tuple[Message, str, str]],
+        rejects: list[Reject],
     ) -> list[tuple[Message, dict[str, Any]]]:
         ids = [payload["item_id"] for _, payload in valid]
         known = catalog.known(ids)
@@ -225,11 +261,15 @@ class ImplicitRelay:
                 kept.append((msg, payload))
             else:
                 rejects.append(
-                    (msg, "unknown_item", f"item {payload['item_id']!r} is not in the catalog")
-                )
+                    (msg, "unknown_item", f"item {payload['item_id']!r} is not in the catalog",
+                     None)
+                )  # fmt: skip
         return kept
 
-    def _dead_letter(self, out: Any, msg: Message, kind: str, text: str) -> None:
+    def _dead_letter(
+        self, out: Any, msg: Message, kind: str, text: str, expected: int | None = None
+    ) -> None:
+        ts_type, ts = msg.timestamp()
         record = dead_letter(
             raw=msg.value(),
             topic=msg.topic(),
@@ -238,6 +278,9 @@ class ImplicitRelay:
             key=msg.key(),
             kind=kind,
             message=text,
+            max_record_bytes=settings.max_message_bytes,
+            timestamp_ms=ts if ts_type else None,
+            expected_partition=expected,
         )
         out.produce(self.deadletter, key=msg.topic().encode(), value=encode(record),
                     on_delivery=self._delivered)  # fmt: skip

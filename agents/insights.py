@@ -58,7 +58,7 @@ from agents.insight_windows import (
     event_id_hash,
     window_start,
 )
-from streams.app import app, deadletter_topic, postgres, redis_values, settings, topic
+from streams.app import admission, app, deadletter_topic, postgres, redis_values, settings, topic
 from streams.boundary import Boundary, Valid
 from streams.codecs import EventDecoder, encode
 from streams.config import parse_health_thresholds
@@ -84,6 +84,8 @@ boundary = Boundary(
     AGENT,
     {settings.topic(n): EventDecoder(n, settings.max_message_bytes) for n in INPUTS},
     deadletter_topic,
+    admission=admission,
+    max_record_bytes=settings.max_message_bytes,
 )
 _slot_of_topic = {settings.topic(n): TOPIC_SLOTS[n] for n in INPUTS}
 
@@ -96,6 +98,8 @@ signal_boundary = Boundary(
     SIGNALS_AGENT,
     {settings.topic(n): EventDecoder(n, settings.max_message_bytes) for n in SIGNAL_INPUTS},
     deadletter_topic,
+    admission=admission,
+    max_record_bytes=settings.max_message_bytes,
 )
 _signal_of_topic = {settings.topic(n): n for n in SIGNAL_INPUTS}
 

@@ -357,6 +357,13 @@ class PreferenceState:
             parts.append(np.asarray(self.window_sum, dtype=np.float32).tobytes())
         return b"".join(parts)
 
+    @staticmethod
+    def partition_of(blob: bytes) -> int:
+        """The partition a packed value lives on, read from its header alone."""
+        if len(blob) >= 8 and blob[7] & _FLAG_NEW_LAYOUT:
+            return int.from_bytes(blob[1:3], "little")
+        return int(_HEADER_V1.unpack_from(blob)[8])
+
     @classmethod
     def unpack(cls, blob: bytes) -> PreferenceState:
         """Either layout; layout 2 has bit 7 of byte 7 set (see the module docstring)."""

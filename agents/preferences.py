@@ -49,6 +49,7 @@ from agents.preference_state import (
     set_vector_dtype,
 )
 from streams.app import (
+    admission,
     app,
     catalog,
     deadletter_topic,
@@ -86,6 +87,8 @@ boundary = Boundary(
     },
     deadletter_topic,
     relayed=[settings.topic("feedback.implicit.relay")],
+    admission=admission,
+    max_record_bytes=settings.max_message_bytes,
 )
 params = EmaParams(
     base_alpha=settings.base_alpha,
@@ -379,6 +382,28 @@ async def reject_unknown_algorithms(valid: list[Valid]) -> list[Valid]:
     return kept
 
 
+async def reject_foreign_partition(valid: list[Valid]) -> list[Valid]:
+    """Events of users whose state lives on another partition are refused, not applied:
+    the offset watermarks are one partition's, so on another partition an event could be
+    taken for a replay and dropped. Input that passed the boundary's partition check only
+    gets here after the topic's partition count changed (see README, "Adding partitions")."""
+    kept = []
+    for v in valid:
+        blob = read_value(v.payload["user_id"])
+        home = PreferenceState.partition_of(blob) if blob else v.partition
+        if home == v.partition:
+            kept.append(v)
+            continue
+        await boundary.reject(
+            v.event,
+            "wrong_partition",
+            f"user {v.payload['user_id']!r} has its state on partition {home}, this event "
+            f"arrived on partition {v.partition} (did the topic's partition count change?)",
+            home,
+        )
+    return kept
+
+
 async def guard_batch(
     valid: list[Valid], features: np.ndarray
 ) -> tuple[list[Valid], np.ndarray, list[Valid]]:
@@ -408,6 +433,7 @@ def mark_consumed(work: Worklist, quarantined: list[Valid]) -> None:
 
 
 async def process(valid: list[Valid]) -> None:
+    valid = await reject_foreign_partition(valid)
     valid = await reject_unknown_algorithms(valid)
     valid, features = await resolve_items(valid)
     if not valid:

@@ -100,6 +100,9 @@ class Deadletter(EventRecord):
     error_kind: str
     error_message: str
     original: str
+    expected_partition: int | None = None
+    original_length: int | None = None
+    original_sha256: str | None = None
 
 
 class Decisions(EventRecord):

@@ -13,13 +13,20 @@ from datetime import timedelta
 import faust
 from faust.types import TopicT
 
+from streams.admission import Admission
 from streams.catalog import ItemCatalog
 from streams.config import Settings
 from streams.fast_producer import FastProducer
 from streams.fetching import RewindingTransport
+from streams.partitioning import broker_counts
 from streams.recovery import LoopwiseTableManager
+from streams.security import (
+    confluent_config,
+    faust_app_settings,
+    postgres_conninfo,
+    redis_client_kwargs,
+)
 from streams.security import current as current_security
-from streams.security import faust_app_settings, postgres_conninfo, redis_client_kwargs
 from streams.sinks.postgres_sink import PostgresRecords
 from streams.sinks.redis_sink import RedisLatestValues
 from streams.topics import get_topic
@@ -49,6 +56,8 @@ app = LoopwiseApp(
     processing_guarantee="at_least_once",
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
+    # One record-size limit for every producer and topic (LOOPWISE_MAX_MESSAGE_BYTES).
+    producer_max_request_size=settings.max_record_bytes,
     broker_commit_every=10_000,
     broker_session_timeout=settings.session_timeout_s,
     broker_heartbeat_interval=settings.session_timeout_s / 4,
@@ -84,10 +93,16 @@ def topic(*names: str) -> TopicT:
         value_serializer="raw",
         partitions=partitions.pop(),
         replicas=settings.replication_factor,
+        # Applies when faust creates the topic; `loopwise topics create` sets it on all.
+        config={"max.message.bytes": str(settings.max_record_bytes)},
     )
 
 
 deadletter_topic = topic("deadletter")
+# The partition and event-time checks of every input record (streams.admission).
+admission = Admission(
+    settings, broker_counts(confluent_config(settings.kafka_bootstrap_servers, log_level=0))
+)
 
 preferences_table = app.Table(
     "preferences", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
@@ -101,6 +116,7 @@ catalog = ItemCatalog(
     settings.topic("items"),
     settings.item_dim,
     settings.max_message_bytes,
+    admission,
 )
 redis_values = RedisLatestValues(
     settings.redis_url,

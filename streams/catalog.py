@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 
+from streams.admission import Admission
 from streams.codecs import EventDecoder, Rejected
 from streams.compacted import CompactedTopicReader
 
@@ -20,8 +21,19 @@ from streams.compacted import CompactedTopicReader
 class ItemCatalog:
     """item_id → float32 feature row; thread-safe for one writer and many readers."""
 
-    def __init__(self, bootstrap: str, topic: str, dim: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        dim: int,
+        max_bytes: int,
+        admission: Admission | None = None,
+    ) -> None:
         self.dim = dim
+        self.topic = topic
+        # Misrouted items and item times out of range are skipped, as the items agent
+        # dead-letters them: a second copy on another partition could shadow the latest.
+        self.admission = admission
         self._decode = EventDecoder("items", max_bytes)
         self._rows: dict[str, int] = {}
         self._features = np.zeros((1024, dim), dtype=np.float32)
@@ -34,9 +46,13 @@ class ItemCatalog:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def _apply(self, key: bytes | None, raw: bytes | None) -> None:
+    def _apply(
+        self, key: bytes | None, raw: bytes | None, partition: int = 0, ts_ms: int | None = None
+    ) -> None:
         try:
             item = self._decode(raw)
+            if self.admission is not None:
+                self.admission.check(self.topic, partition, ts_ms, item)
         except Rejected:
             self.skipped += 1
             return

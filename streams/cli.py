@@ -6,7 +6,7 @@ loopwise topics list             registry topics with their state on the broker
 loopwise produce TOPIC [FILE]    JSON lines from FILE or stdin, validated, keyed, produced
 loopwise dlq show [--limit N]    dead letters with reason and source coordinates
 loopwise dlq replay [--reason R] re-send dead-lettered originals that are valid now
-loopwise config                  every setting, its environment variable and value
+loopwise config                  every setting: variable, value in force (secrets masked)
 loopwise experiments CMD         create FILE|-, list, show ID, start ID, stop ID,
                                  ramp ID --traffic F, assign ID UNIT
 loopwise state show KEY          latest state of a user, segment or experiment (JSON)
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,7 @@ from typing import IO, Any
 import orjson
 
 from streams import cli_choices, cli_insights, cli_ops
-from streams.config import ConfigError, Settings, settings_table
+from streams.config import ConfigError, Settings, settings_in_force
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -180,8 +181,19 @@ def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    for env, default, help_text in settings_table():
-        print(f"{env:<30} {default:<40} {help_text}")
+    """The values in force: from the environment where set (marked ``env``), else the
+    defaults; secrets masked."""
+    from streams.security import SECURITY_SETTINGS
+
+    rows = settings_in_force(settings)
+    for name, default, help_text in SECURITY_SETTINGS:
+        value = os.environ.get(name)
+        if value is not None and ("PASSWORD" in name or "secret" in help_text):
+            value = "***"
+        rows.append((name, default if value is None else value,
+                     "default" if value is None else "env", help_text))  # fmt: skip
+    for env, value, source, help_text in rows:
+        print(f"{env:<34} {value:<40} {source:<8} {help_text}")
     return 0
 
 
@@ -267,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_choices.register(sub)
     cli_insights.register(sub)
     cli_ops.register(sub)
-    sub.add_parser("config", help="print settings").set_defaults(func=cmd_config)
+    sub.add_parser("config", help="print the settings in force").set_defaults(func=cmd_config)
     return parser
 
 
@@ -277,7 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
     except ConfigError as exc:
         return _fail(str(exc))
-    return int(args.func(settings, args) or 0)
+    try:
+        return int(args.func(settings, args) or 0)
+    except BrokenPipeError:  # `loopwise config | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -33,19 +33,41 @@ ERROR_KINDS = (
     "quarantined",
     "unknown_experiment",
     "unexposed_unit",
+    "wrong_partition",
+    "timestamp_out_of_range",
     "other",
 )
+
+# A dead letter must fit where it is sent: the original is kept whole up to what leaves
+# room for the envelope (base64 grows it by a third), beyond that as a prefix with its
+# length and hash; the source coordinates locate the whole original in its topic.
+ENVELOPE_BYTES = 16_384
+KEY_KEEP_BYTES = 1024
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
+
+
+def original_limit(max_record_bytes: int) -> int:
+    """Bytes of an original a dead letter of at most ``max_record_bytes`` keeps whole.
+
+    >>> original_limit(1_000_000)
+    737712
+    """
+    return max(0, (max_record_bytes - ENVELOPE_BYTES) // 4 * 3)
+
+
+MAX_TS_MS = 4_102_444_800_000  # the schemas' upper bound for ts (2100-01-01)
 
 
 class Rejected(Exception):
     """An input event that cannot be processed; it goes to the dead-letter topic."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, expected_partition: int | None = None) -> None:
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown dead-letter kind {kind!r}")
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.expected_partition = expected_partition
 
 
 class EventDecoder:
@@ -91,30 +113,50 @@ def dead_letter(
     key: bytes | None,
     kind: str,
     message: str,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    timestamp_ms: int | None = None,
+    expected_partition: int | None = None,
 ) -> dict[str, Any]:
     """The dead-letter record for one rejected message (schema ``deadletter``).
 
     The event id is derived from the source coordinates, so a message that is rejected
-    again after a crash and replay yields the same dead letter, not a new one.
+    again after a crash and replay yields the same dead letter, not a new one. Encoded, the
+    record is at most ``max_record_bytes`` whatever the input: an original longer than
+    :func:`original_limit` is kept as a prefix, with ``original_length`` and
+    ``original_sha256`` of the whole; a key longer than ``KEY_KEEP_BYTES`` likewise.
     """
     event_id = f"dlq:{topic}:{partition}:{offset}"
     if len(event_id) > 128:  # the schema's id limit; very long topic names are hashed
         digest = hashlib.blake2b(topic.encode(), digest_size=16).hexdigest()
         event_id = f"dlq:{digest}:{partition}:{offset}"
-    return {
+    raw = raw or b""
+    source: dict[str, Any] = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": base64.b64encode(key[:KEY_KEEP_BYTES]).decode() if key is not None else None,
+    }
+    if key is not None and len(key) > KEY_KEEP_BYTES:
+        source["key_length"] = len(key)
+    if timestamp_ms is not None and 0 <= timestamp_ms <= MAX_TS_MS:
+        source["timestamp"] = timestamp_ms
+    record: dict[str, Any] = {
         "event_id": event_id,
         "schema_version": 1,
         "ts": int(time.time() * 1000),
-        "source": {
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "key": base64.b64encode(key).decode() if key is not None else None,
-        },
+        "source": source,
         "error_kind": kind,
-        "error_message": message[:2048],
-        "original": base64.b64encode(raw or b"").decode(),
+        "error_message": message[:2048] or kind,
     }
+    if expected_partition is not None:
+        record["expected_partition"] = expected_partition
+    keep = original_limit(max_record_bytes)
+    if len(raw) > keep:
+        record["original_length"] = len(raw)
+        record["original_sha256"] = hashlib.sha256(raw).hexdigest()
+        raw = raw[:keep]
+    record["original"] = base64.b64encode(raw).decode()
+    return record
 
 
 def encode(event: dict[str, Any]) -> bytes:

@@ -20,10 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class CompactedTopicReader:
-    """Calls ``on_message(key, value)`` for every record, in partition order, in a thread."""
+    """Calls ``on_message(key, value, partition, timestamp_ms)`` for every record, in
+    partition order, in a thread (``timestamp_ms`` is None when the record has none)."""
 
     def __init__(
-        self, bootstrap: str, topic: str, on_message: Callable[[bytes | None, bytes | None], None]
+        self,
+        bootstrap: str,
+        topic: str,
+        on_message: Callable[[bytes | None, bytes | None, int, int | None], None],
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -83,7 +87,9 @@ class CompactedTopicReader:
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("%s: %s", self.topic, msg.error())
                         continue
-                    self.on_message(msg.key(), msg.value())
+                    ts_type, ts = msg.timestamp()
+                    self.on_message(msg.key(), msg.value(), msg.partition(),
+                                    ts if ts_type and ts > 0 else None)  # fmt: skip
                     self._positions[msg.partition()] = msg.offset()
         finally:
             consumer.close()

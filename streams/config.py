@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RECORD_OVERHEAD_BYTES = 16_384
 
 
 class ConfigError(ValueError):
@@ -468,10 +469,39 @@ class Settings:
     max_message_bytes: int = _setting(
         1_000_000,
         "LOOPWISE_MAX_MESSAGE_BYTES",
-        "input messages larger than this are dead-lettered before parsing",
+        "input messages larger than this (as the consumer sees them, decompressed) are "
+        "dead-lettered before parsing; producers' request size and the topics' "
+        "max.message.bytes are this plus 16 KiB of record overhead",
         parse=int,
+        check=lambda v: 65_536 <= v <= 100_000_000,
+        expected="an integer in 65536..100000000",
+    )
+    ts_max_age_s: float = _setting(
+        157_766_400.0,
+        "LOOPWISE_TS_MAX_AGE_S",
+        "an event whose ts is more than this before its Kafka record time is dead-lettered "
+        "(timestamp_out_of_range); default 1826 days",
+        parse=float,
         check=_positive,
-        expected="a positive integer",
+        expected="a positive number of seconds",
+    )
+    ts_max_ahead_s: float = _setting(
+        3600.0,
+        "LOOPWISE_TS_MAX_AHEAD_S",
+        "an event whose ts is more than this after its Kafka record time is dead-lettered "
+        "(timestamp_out_of_range)",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
+    )
+    stuck_after_s: float = _setting(
+        60.0,
+        "LOOPWISE_STUCK_AFTER_S",
+        "/ready answers 503 when a consumer has been failing, or has not advanced while it "
+        "has lag, for this long",
+        parse=float,
+        check=_positive,
+        expected="a positive number of seconds",
     )
     sink_retry_max_s: float = _setting(
         5.0,
@@ -1053,9 +1083,26 @@ class Settings:
         return f"{self.topic_prefix}{name}"
 
     @property
+    def max_record_bytes(self) -> int:
+        """The largest record a Loopwise producer sends and a Loopwise topic accepts: the
+        input limit plus room for the record's own overhead (key, headers, batch header)."""
+        return self.max_message_bytes + RECORD_OVERHEAD_BYTES
+
+    @property
     def implicit_input(self) -> str:
         """The registry topic the preferences agent reads implicit feedback from."""
         return "feedback.implicit.relay" if self.implicit_relay else "feedback.implicit"
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as the docs and ``loopwise config`` write it."""
+    if isinstance(value, Path):
+        return str(value.relative_to(REPO_ROOT)) if value.is_relative_to(REPO_ROOT) else str(value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def settings_table() -> list[tuple[str, str, str]]:
@@ -1063,16 +1110,30 @@ def settings_table() -> list[tuple[str, str, str]]:
     rows = []
     for f in fields(Settings):
         spec: Setting = f.metadata["setting"]
-        default = f.metadata["default"]
-        if isinstance(default, Path):
-            default = (
-                str(default.relative_to(REPO_ROOT))
-                if default.is_relative_to(REPO_ROOT)
-                else default
-            )
-        if isinstance(default, dict):
-            default = ",".join(f"{k}={v}" for k, v in default.items())
-        if isinstance(default, tuple):
-            default = ",".join(default)
-        rows.append((spec.env, str(default), spec.help))
+        rows.append((spec.env, _shown(f.metadata["default"]), spec.help))
+    return rows
+
+
+def settings_in_force(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> list[tuple[str, str, str, str]]:
+    """(env var, value in force, "env" or "default", description) rows; secrets (API
+    tokens) and passwords inside URLs are masked."""
+    from urllib.parse import urlsplit
+
+    env = os.environ if environ is None else environ
+    rows = []
+    for f in fields(Settings):
+        spec: Setting = f.metadata["setting"]
+        value = _shown(getattr(settings, f.name))
+        if not f.repr and value:  # a secret: see _setting
+            value = "***"
+        elif "://" in value:
+            try:
+                parts = urlsplit(value)
+                if parts.password:
+                    value = value.replace(f":{parts.password}@", ":***@", 1)
+            except ValueError:
+                value = "<unparseable url>"
+        rows.append((spec.env, value, "env" if spec.env in env else "default", spec.help))
     return rows

@@ -13,9 +13,16 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from streams.config import Settings
+from streams.partitioning import PARTITIONER
 from streams.security import confluent_config
 from streams.topics import TOPICS
 
@@ -25,12 +32,16 @@ def admin(settings: Settings) -> AdminClient:
 
 
 def producer(settings: Settings, **overrides: object) -> Producer:
+    """Every confluent-kafka producer of the project: murmur2 like Java, faust and the
+    documented rule (streams.partitioning), and the one record-size limit."""
     conf: dict[str, object] = {
         **confluent_config(settings.kafka_bootstrap_servers),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
+        "partitioner": PARTITIONER,
+        "message.max.bytes": settings.max_record_bytes,
     }
     conf.update(overrides)
     return Producer(conf)
@@ -40,18 +51,21 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create every registry topic that is missing; report the ones that exist.
 
     Idempotent. An existing topic with a different partition count is reported, not
-    changed: adding partitions moves keys (see README, "Adding partitions").
+    changed: adding partitions moves keys (see README, "Adding partitions"). Every topic's
+    ``max.message.bytes`` is set to the settings' record limit, existing topics included.
     """
     client = admin(settings)
     existing = client.list_topics(timeout=timeout_s).topics
     lines: list[str] = []
     new: list[NewTopic] = []
+    limit = str(settings.max_record_bytes)
     for spec in TOPICS:
         name = settings.topic(spec.name)
         want = spec.partitions(settings)
         if name in existing:
             have = len(existing[name].partitions)
             note = "" if have == want else f" (WARNING: registry wants {want} partitions)"
+            note += _set_max_message_bytes(client, name, limit, timeout_s)
             lines.append(f"exists   {name} partitions={have}{note}")
             continue
         new.append(
@@ -59,7 +73,7 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                 name,
                 num_partitions=want,
                 replication_factor=settings.replication_factor,
-                config=spec.config(),
+                config={**spec.config(), "max.message.bytes": limit},
             )
         )
     if new:
@@ -72,6 +86,24 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                     raise
                 lines.append(f"exists   {name}")
     return lines
+
+
+def _set_max_message_bytes(client: AdminClient, topic: str, limit: str, timeout_s: float) -> str:
+    """Align an existing topic's ``max.message.bytes``; a note for the report line."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    current = client.describe_configs([resource], request_timeout=timeout_s)[resource].result()
+    entry = current.get("max.message.bytes")
+    if entry is not None and entry.value == limit:
+        return ""
+    change = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry("max.message.bytes", limit, incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
+    client.incremental_alter_configs([change], request_timeout=timeout_s)[change].result()
+    return f" (max.message.bytes {entry.value if entry else '?'} -> {limit})"
 
 
 def describe_topics(settings: Settings) -> list[str]:

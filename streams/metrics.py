@@ -104,6 +104,25 @@ SINK_WRITES = Counter(
 TABLE_KEYS = Gauge(
     "loopwise_table_keys", "Keys held in a table on this worker", ["table"], registry=REGISTRY
 )
+EVENTS_MISROUTED = Counter(
+    "loopwise_events_misrouted_total",
+    "Input events whose key does not hash to the partition they arrived on (dead-lettered)",
+    ["topic"],
+    registry=REGISTRY,
+)
+BATCH_RETRIES = Counter(
+    "loopwise_batch_retries_total",
+    "Batches retried whole after a failure (their offsets stayed uncommitted)",
+    ["consumer"],
+    registry=REGISTRY,
+)
+CONSUMER_STUCK = Gauge(
+    "loopwise_consumer_stuck",
+    "1 while a consumer has been failing, or has lag and has not advanced, for "
+    "LOOPWISE_STUCK_AFTER_S (then /ready answers 503)",
+    ["consumer"],
+    registry=REGISTRY,
+)
 AGENT_ERRORS = Counter(
     "loopwise_agent_errors_total",
     "Unexpected exceptions caught inside an agent",

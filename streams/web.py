@@ -1,8 +1,10 @@
 """Worker HTTP endpoints: ``/health`` (alive), ``/ready`` (serving), ``/metrics``.
 
 Ready means the broker answers a metadata request, table recovery has completed for the
-current assignment (no rebalance in progress) and the item catalog has been read up to
-the end of its topic as of start-up.
+current assignment (no rebalance in progress), the item catalog has been read up to the end
+of its topic as of start-up, and no consumer is stuck (:mod:`streams.consumer_health`:
+failing, or not advancing while it has lag, for ``LOOPWISE_STUCK_AFTER_S``; the reasons
+are in the body's ``stuck``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from confluent_kafka.admin import AdminClient
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from streams import consumer_health
 from streams.app import app, catalog, settings
 from streams.metrics import CONSUMER_LAG, exposition
 from streams.security import confluent_config
@@ -44,6 +47,9 @@ async def readiness() -> dict[str, bool]:
         "tables_recovered": recovered,
         "catalog_loaded": _catalog_synced,
         "implicit_relay": relay.alive or not settings.implicit_relay,
+        "consumers_progressing": not consumer_health.stuck(
+            settings.stuck_after_s, paused=not recovered
+        ),
     }
 
 
@@ -83,7 +89,9 @@ class Ready(View):
     async def get(self, request: Request) -> Response:
         checks = await readiness()
         ready = all(checks.values())
-        return self.json({"ready": ready, **checks}, status=200 if ready else 503)
+        stuck = {name: h.stuck_reason for name, h in consumer_health.registered().items()
+                 if h.stuck_reason}  # fmt: skip
+        return self.json({"ready": ready, **checks, "stuck": stuck}, status=200 if ready else 503)
 
 
 @app.page("/metrics")
@@ -146,6 +154,12 @@ async def record_consumer_lag() -> None:
         CONSUMER_LAG.remove(*labels)
     _lag_labels.clear()
     _lag_labels.update(seen)
+    # Stuck consumers are logged and shown in loopwise_consumer_stuck even when nobody
+    # polls /ready.
+    consumer_health.stuck(
+        settings.stuck_after_s,
+        paused=not app.tables.recovery.completed.is_set() or app.rebalancing,
+    )
 
 
 _lag_labels: set[tuple[str, str]] = set()

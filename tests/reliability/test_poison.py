@@ -49,7 +49,7 @@ NAMED = [  # one of each kind the issue names
     orjson.dumps({**VALID, "value": 11.0}),                         # out of range
     b'{"event_id": "x", "value": NaN}',                              # NaN
     b'{"event_id": "x", "value": Infinity}',                         # Inf
-    b'{"event_id": "' + b"x" * 120_000 + b'"}',                      # oversize
+    b'{"event_id": "' + b"x" * 110_000 + b'"}',                      # oversize
     orjson.dumps({**VALID, "item_id": "no-such-item"}),             # unknown item
 ]  # fmt: skip
 
@@ -142,7 +142,7 @@ NAMED_IMPLICIT = [  # rejected by the implicit relay, before the agent sees anyt
     orjson.dumps({**VIEW, "kind": "dwell"}),                         # dwell without seconds
     orjson.dumps({**VIEW, "value": -1.0}),                           # out of range
     b'{"event_id": "x", "value": NaN}',
-    b'{"event_id": "' + b"x" * 120_000 + b'"}',                      # oversize
+    b'{"event_id": "' + b"x" * 110_000 + b'"}',                      # oversize
     orjson.dumps({**VIEW, "item_id": "no-such-item"}),              # unknown item
     orjson.dumps({**VIEW, "kind": "impression", "impression_id": "imp-1",
                   "algorithm": "no-such-algorithm"}),               # unknown arm

@@ -171,8 +171,10 @@ def test_full_batch_mle_matches_scipy_minimize():
     def nll_grad(t):
         return -cm.choice_gradient(t, X, mask, chosen)
 
-    ref = optimize.minimize(nll, np.zeros(4), jac=nll_grad, method="BFGS", options={"gtol": 1e-9})
-    assert ref.success
+    # gtol 1e-9 ended in "precision loss" (status 2) with scipy 1.17: the log-likelihood of
+    # 600 sessions has no such resolution. A gradient of 1e-7 pins theta to ~1e-9 here.
+    ref = optimize.minimize(nll, np.zeros(4), jac=nll_grad, method="BFGS", options={"gtol": 1e-7})
+    assert ref.success, ref.message
     np.testing.assert_allclose(fit.theta, ref.x, atol=1e-5)
     np.testing.assert_allclose(cm.choice_gradient(fit.theta, X, mask, chosen), 0.0, atol=1e-8)
 

@@ -179,6 +179,7 @@ class FeedbackGuard:
                 raw=msg.value, topic=msg.topic, partition=msg.partition, offset=msg.offset,
                 key=msg.key, kind="quarantined",
                 message=f"reliability score {verdict.score:.0f}/100: {', '.join(verdict.reasons)}",
+                max_record_bytes=self.boundary.max_record_bytes,
             )  # fmt: skip
             await self.quarantine.send(key=msg.topic.encode(), value=encode(record))
             for reason in verdict.reasons or ["score"]:

@@ -34,7 +34,10 @@ ratings, at most 60 minute counters, and the current identical-rating run. :clas
 a batch of events of many users at once: the users' histories and events are laid out as one
 flat array of per-user segments, and every check is a vectorised operation over it, so the cost
 per event does not grow with the number of distinct users in the batch. Times are handled in
-whole milliseconds.
+whole milliseconds in [0, 2**42) ms (1970 to 2109): that holds every time the schemas allow
+(0 to 2100-01-01 = 4102444800000 ms) at full precision, whatever the order or distance of a
+user's events, so no verdict is approximated; times outside it (a caller ignoring the schema,
+a state written by such a caller) are clamped to it instead of overflowing the keys.
 """
 
 from __future__ import annotations
@@ -63,9 +66,21 @@ SEVERITY_NAMES = ("regular", "fast", "rate", "repeat", "identical")
 _MINUTE_MS = 60_000
 _HOUR_MINUTES = 60
 # Segment keys: user slot in the high bits, time in the low bits, so that one sorted int64
-# array answers "how many of this user's events since t" with a single searchsorted.
-_TIME_BITS = 40  # 2**40 ms ≈ 35 years
+# array answers "how many of this user's events since t" with a single searchsorted. The time
+# bits hold any valid time relative to any other (2**42 ms ≈ 139 years > 4102444800000 ms, the
+# schemas' 2100-01-01): with fewer (40 were used), one user's rating at ts 0 and a like at the
+# current time could not be laid out, and since the old time stays in the user's state, neither
+# could any later event of that user. Clamping times to the same range makes every input fit.
+# The remaining 21 bits number the users of one layout (a round with more is split: users are
+# judged independently, so the verdicts are the same).
+_TIME_BITS = 42
+_MAX_MS = (1 << _TIME_BITS) - 1
+_MAX_S = _MAX_MS / 1000.0  # rint(_MAX_S * 1000.0) == _MAX_MS: clamped seconds stay in range
+_MAX_SEGMENTS = 1 << (63 - _TIME_BITS)
+# Minute keys: the slot above 32 bits of minutes relative to the batch's lowest; minutes of
+# clamped times are below 2**27, and slots below 2**21, so the keys stay far below 2**63.
 _MINUTE_BITS = 32
+_MAX_MINUTE = _MAX_MS // _MINUTE_MS
 # Arrival rounds judged one by one within a batch (see Guard.observe); a stream that goes
 # back in time more often than this within one batch is judged in time order after it.
 MAX_ROUNDS = 64
@@ -220,6 +235,12 @@ class GuardResult:
             np.zeros(n, np.int64),
             np.zeros((n, len(SEVERITY_NAMES))),
         )
+
+
+def _put(result: GuardResult, idx: np.ndarray, part: GuardResult) -> None:
+    """Write the verdicts of a part of a batch (events ``idx``) into the batch's."""
+    for name in ("score", "flagged", "rate_limited", "per_minute", "per_hour", "severities"):
+        getattr(result, name)[idx] = getattr(part, name)
 
 
 def _ramp(x: np.ndarray, zero_at: float, one_at: float) -> np.ndarray:
@@ -378,7 +399,7 @@ class Guard:
         ----------
         states : U user states, updated in place
         users : (n,) int index into ``states`` of each event's user
-        ts : (n,) timestamps in seconds
+        ts : (n,) timestamps in seconds, clamped to [0, 2**42 ms) (see the module docstring)
         items : (n,) int item keys (:func:`item_key`)
         ratings : (n,) rating values, NaN for events without one; default all NaN
 
@@ -400,6 +421,8 @@ class Guard:
             raise ValueError("users, ts, items and ratings must have the same shape (n,)")
         if not np.all(np.isfinite(t)):
             raise ValueError("timestamps must be finite")
+        # A new array: the caller's stays as it was. Valid (schema) times are left unchanged.
+        t = np.clip(t, 0.0, _MAX_S)
         for name, arr in (("users", u), ("items", it)):
             if arr.size and not np.issubdtype(arr.dtype, np.integer):
                 raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
@@ -416,9 +439,7 @@ class Guard:
             present, local = np.unique(u[idx], return_inverse=True)
             part = self._observe_round([states[i] for i in present.tolist()], local, t[idx],
                                        it[idx], rt[idx])  # fmt: skip
-            for name in ("score", "flagged", "rate_limited", "per_minute", "per_hour",
-                         "severities"):  # fmt: skip
-                getattr(result, name)[idx] = getattr(part, name)
+            _put(result, idx, part)
         return result
 
     def _observe_round(
@@ -434,18 +455,35 @@ class Guard:
         n = t.size
         if n == 0:
             return GuardResult.zeros(0)
+        if len(states) > _MAX_SEGMENTS:
+            # The user slot must fit above the time bits of the segment keys.
+            result = GuardResult.zeros(n)
+            for lo in range(0, len(states), _MAX_SEGMENTS):
+                idx = np.flatnonzero((u >= lo) & (u < lo + _MAX_SEGMENTS))
+                if idx.size:
+                    part = self._observe_round(states[lo : lo + _MAX_SEGMENTS], u[idx] - lo,
+                                               t[idx], it[idx], rt[idx])  # fmt: skip
+                    _put(result, idx, part)
+            return result
         # By user, then time (ties keep arrival order).
         order = np.lexsort((t, u))
         lay = self._layout(states, u[order], t[order], it[order].astype(np.int64), rt[order])
         minute = (lay.base_ms[lay.batch_seg] + lay.ms[lay.batch_pos]) // _MINUTE_MS
+        # Stored minutes in the range of the clamped times (they are unless a state was written
+        # from out-of-range times), so the minute keys below cannot overflow either.
+        hist_minutes = np.clip(np.concatenate([s.minutes for s in states]), 0, _MAX_MINUTE)
 
         severities = np.zeros((n, len(SEVERITY_NAMES)))
         key = (lay.seg.astype(np.int64) << _TIME_BITS) + lay.ms
         first_recent = np.searchsorted(key, key[lay.batch_pos] - _MINUTE_MS, side="right")
+        # A query within a minute of a segment's base reaches below its slot; it finds nothing
+        # of the previous user unless that one spans almost 2**42 ms (only clamped times can,
+        # the schemas' range is 2**42 ms minus 9 years), but the bound makes sure.
+        first_recent = np.maximum(first_recent, lay.start[lay.batch_seg])
         # Only the last `history` events are kept, so the count saturates there (history
         # exceeds max_per_minute, so the limit is still enforced exactly).
         per_minute = np.minimum(lay.batch_pos + 1 - first_recent, cfg.history)
-        per_hour = self._hourly_counts(states, lay, minute)
+        per_hour = self._hourly_counts(states, lay, minute, hist_minutes)
         ratio = np.maximum(per_minute / cfg.max_per_minute, per_hour / cfg.max_per_hour)
         severities[:, 2] = _ramp(ratio, 0.5, 1.0)
         window, valid = self._windows(lay)
@@ -455,7 +493,7 @@ class Guard:
 
         score = reliability_score(severities, cfg.weights)
         rate_limited = (per_minute > cfg.max_per_minute) | (per_hour > cfg.max_per_hour)
-        self._remember(states, lay, minute, runs)
+        self._remember(states, lay, minute, hist_minutes, runs)
 
         def unsort(values: np.ndarray) -> np.ndarray:
             out = np.empty_like(values)
@@ -490,15 +528,16 @@ class Guard:
         total = int(length.sum())
 
         abs_ms = np.empty(total, dtype=np.int64)
-        abs_ms[hist_pos] = np.rint(np.concatenate([s.ts for s in states]) * 1000.0)
+        # Stored times are clamped like the batch's (observe): every time is in [0, _MAX_MS].
+        hist_s = np.clip(np.concatenate([s.ts for s in states]), 0.0, _MAX_S)
+        abs_ms[hist_pos] = np.rint(hist_s * 1000.0)
         abs_ms[batch_pos] = np.rint(ts_b * 1000.0)
-        # Times relative to each user's earliest keep the segment keys below in range.
+        # Relative to each user's earliest, so in [0, _MAX_MS]: the segment keys below cannot
+        # overflow, however far apart (up to the whole valid range) one user's events are.
         base_ms = np.zeros(n_users, dtype=np.int64)
         filled = length > 0
         base_ms[filled] = np.minimum.reduceat(abs_ms, start[filled])
         ms = abs_ms - base_ms[seg]
-        if ms.max() >= 1 << _TIME_BITS:
-            raise ValueError("one user's timestamps span more than 2**40 ms (35 years)")
         items = np.empty(total, dtype=np.int64)
         items[hist_pos] = np.concatenate([s.items for s in states])
         items[batch_pos] = items_b
@@ -516,11 +555,12 @@ class Guard:
                        items[merged], ratings[merged], base_ms)  # fmt: skip
 
     def _hourly_counts(
-        self, states: Sequence[GuardState], lay: _Layout, minute: np.ndarray
+        self, states: Sequence[GuardState], lay: _Layout, minute: np.ndarray, minutes: np.ndarray
     ) -> np.ndarray:
-        """Events in each event's minute and the 59 before, history and batch so far."""
+        """Events in each event's minute and the 59 before, history and batch so far.
+
+        ``minutes`` are the states' minute indices, concatenated (and clamped)."""
         counts = np.concatenate([s.minute_counts for s in states])
-        minutes = np.concatenate([s.minutes for s in states])
         n_hist = np.fromiter((s.minutes.size for s in states), dtype=np.int64, count=len(states))
         seg_h = np.repeat(np.arange(len(states)), n_hist).astype(np.int64)
         lowest = min(minute.min(), minutes.min()) if minutes.size else minute.min()
@@ -608,7 +648,12 @@ class Guard:
         return severity, runs
 
     def _remember(
-        self, states: Sequence[GuardState], lay: _Layout, minute: np.ndarray, runs: np.ndarray
+        self,
+        states: Sequence[GuardState],
+        lay: _Layout,
+        minute: np.ndarray,
+        hist_minutes: np.ndarray,
+        runs: np.ndarray,
     ) -> None:
         keep = self.config.history
         m = np.bincount(lay.batch_seg, minlength=len(states))
@@ -617,7 +662,7 @@ class Guard:
         # Minute counters: history and batch merged, the last hour per user kept.
         n_hist = np.fromiter((s.minutes.size for s in states), np.int64, len(states))
         seg_all = np.concatenate([np.repeat(np.arange(len(states)), n_hist), lay.batch_seg])
-        minutes_all = np.concatenate([s.minutes for s in states] + [minute])
+        minutes_all = np.concatenate([hist_minutes, minute])
         counts_all = np.concatenate(
             [s.minute_counts for s in states] + [np.ones(minute.size, np.int64)]
         )

@@ -81,3 +81,65 @@ def test_judge_keeps_its_bookkeeping_by_offset_and_arrival() -> None:
     # A replay of the same offsets is not judged (or counted) again.
     _, again = guard.judge(batch, slots, store.get)
     assert again["u"].state.n_events == 5
+
+
+def feedback(topic: str, offset: int, user: str, event_ts_ms: int, kind: str) -> Valid:
+    message = RelayedMessage(topic, 0, offset, 1.75e9 + offset, user.encode(), b"{}")
+    payload = {"user_id": user, "ts": event_ts_ms, "item_id": f"item-{offset}", "kind": kind}
+    if kind == "rating":
+        payload["value"] = 4
+    return Valid(payload, RelayedEvent(message))  # type: ignore[arg-type]
+
+
+def test_judge_takes_any_valid_timestamps_across_batches_with_the_stored_state() -> None:
+    # The report: a rating stamped 0 (the schemas' minimum), then a like at the current time;
+    # the like raised, and so did every later event of the user (the state kept ts 0). Here
+    # each batch jumps between 1970, now and 2100 (the schemas' maximum), on both topics, and
+    # the state goes through the table's bytes between batches, as in the worker.
+    guard = FeedbackGuard(GuardConfig(), None, None)  # type: ignore[arg-type]
+    slots = {"feedback.explicit": 0, "feedback.implicit": 1}
+    store: dict[str, bytes] = {}
+    now_ms, max_ms = 1_750_000_000_000, 4_102_444_800_000
+    offset = iter(range(10_000))
+    batches = [
+        [feedback("feedback.explicit", next(offset), "u", 0, "rating")],
+        [feedback("feedback.implicit", next(offset), "u", now_ms, "like")],
+        [feedback("feedback.implicit", next(offset), "u", now_ms + 5_000, "view"),
+         feedback("feedback.explicit", next(offset), "u", max_ms, "rating"),
+         feedback("feedback.implicit", next(offset), "v", now_ms, "view")],
+        [feedback("feedback.explicit", next(offset), "u", 1, "rating"),
+         feedback("feedback.implicit", next(offset), "u", now_ms + 10_000, "like")],
+        [feedback("feedback.implicit", next(offset), "u", t, "view")
+         for t in (max_ms, 0, now_ms + 20_000, max_ms - 1, 2, now_ms + 30_000)],
+    ]  # fmt: skip
+    for batch in batches:
+        flagged, states = guard.judge(batch, slots, store.get)
+        assert flagged == {}
+        for user, g in states.items():
+            store[guard_key(user)] = g.to_bytes()
+    back = UserGuard.from_bytes(store[guard_key("u")])
+    assert back.state.n_events == 12
+    assert back.state.ts.tolist() == sorted(back.state.ts.tolist())
+    assert back.state.ts[0] == 0.0 and back.state.ts[-1] == max_ms / 1000.0
+    mine = [v for b in batches for v in b if v.payload["user_id"] == "u"]
+    assert back.watermark == [max(v.offset for v in mine if slots[v.topic] == s) for s in (0, 1)]
+
+
+@pytest.mark.parametrize("ts_ms", [0, 1_750_000_000_000, 4_102_444_800_000])
+def test_extreme_times_survive_the_binary_state_exactly(ts_ms: int) -> None:
+    # Times are stored as float seconds and minutes as int64: both hold the whole valid range
+    # on the millisecond grid, so a state read back judges exactly like the one in memory.
+    kept = UserGuard()
+    Guard().observe_one(kept.state, np.array([ts_ms / 1000.0, 0.0, 4_102_444_800.0]),
+                        np.array([1, 2, 3]))  # fmt: skip
+    read = UserGuard.from_bytes(kept.to_bytes())
+    assert read.state.to_dict() == kept.state.to_dict()
+    assert np.rint(read.state.ts * 1000).astype(np.int64).tolist() == sorted(
+        [ts_ms, 0, 4_102_444_800_000]
+    )
+    probe = np.array([ts_ms / 1000.0 + 1.0])
+    a = Guard().observe_one(kept.state, probe, np.array([4]))
+    b = Guard().observe_one(read.state, probe, np.array([4]))
+    # The probe's minute holds it and the events at ts_ms (two at 0 and at 2100, one now).
+    assert a.per_minute.tolist() == b.per_minute.tolist() == [2 if 0 < ts_ms < 4e12 else 3]
+    assert a.per_hour.tolist() == b.per_hour.tolist()

@@ -40,6 +40,7 @@ import faust
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from agents.bandits import unknown_algorithm_of
+from streams import faults
 from streams.app import admission, app, catalog, settings
 from streams.codecs import EventDecoder, Rejected, dead_letter, encode
 from streams.consumer_health import register
@@ -82,6 +83,10 @@ class ImplicitRelay:
         self._failures: list[str] = []
         self._catalog_loaded = False
         self.health = register(AGENT)
+        # (partition, offset) dead-lettered and not yet committed: a batch read again after
+        # the clients restarted dead-letters each bad event once.
+        self._dead_lettered: set[tuple[int, int]] = set()
+        self._sending: list[tuple[int, int]] = []  # this batch's, until the broker has them
         self.health.lag = lambda: self.lag_estimate
         self.lag_estimate: int | None = None
 
@@ -145,7 +150,8 @@ class ImplicitRelay:
             while not self._stop.is_set():
                 messages = consumer.consume(settings.relay_max_events, settings.relay_within_s)
                 if messages:
-                    self._relay_batch(consumer, out, messages)
+                    with faults.armed():
+                        self._relay_batch(consumer, out, messages)
                     self.health.succeeded()
                 self.lag_estimate = self._lag(consumer)
         finally:
@@ -180,6 +186,7 @@ class ImplicitRelay:
     def _relay_batch(self, consumer: Consumer, out: Any, messages: list[Message]) -> None:
         valid, rejects, ends = self._split(messages)
         valid = self._drop_unknown_items(valid, rejects)
+        self._sending.clear()
         for msg, kind, text, expected in rejects:
             self._dead_letter(out, msg, kind, text, expected)
         by_partition: dict[int, list[SourceEvent]] = defaultdict(list)
@@ -204,6 +211,7 @@ class ImplicitRelay:
             raise RelayDeliveryFailed(
                 f"{left} records undelivered after {FLUSH_TIMEOUT_S} s; {self._failures[:3]}"
             )
+        self._dead_lettered.update(self._sending)
         crash_point("relay_after_produce")
         self.relayed += len(valid)
         EVENTS_OUT.labels(topic=self.target, agent=AGENT).inc(records)
@@ -219,6 +227,7 @@ class ImplicitRelay:
         valid: list[tuple[Message, dict[str, Any]]] = []
         rejects: list[Reject] = []
         ends: dict[int, int] = {}
+        faults.point("relay_decode")
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -269,6 +278,10 @@ class ImplicitRelay:
     def _dead_letter(
         self, out: Any, msg: Message, kind: str, text: str, expected: int | None = None
     ) -> None:
+        where = (msg.partition(), msg.offset())
+        if where in self._dead_lettered:
+            return
+        faults.point("relay_deadletter")
         ts_type, ts = msg.timestamp()
         record = dead_letter(
             raw=msg.value(),
@@ -284,6 +297,7 @@ class ImplicitRelay:
         )
         out.produce(self.deadletter, key=msg.topic().encode(), value=encode(record),
                     on_delivery=self._delivered)  # fmt: skip
+        self._sending.append(where)
         DEAD_LETTERS.labels(topic=msg.topic(), reason=kind).inc()
         log.info("dead letter %s:%d:%d %s: %s", msg.topic(), msg.partition(), msg.offset(),
                  kind, text)  # fmt: skip
@@ -296,6 +310,7 @@ class ImplicitRelay:
         offsets = [TopicPartition(self.source, p, end) for p, end in ends.items()]
         if not offsets:
             return
+        self._dead_lettered = {(p, o) for p, o in self._dead_lettered if o >= ends.get(p, 0)}
         try:
             consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:

@@ -32,8 +32,8 @@ class Admission:
         self.counts = counts
         inputs = [spec for spec in TOPICS if spec.direction is Direction.INPUT]
         self.key_field = {settings.topic(s.name): s.key_field for s in inputs}
-        self.max_age_ms = int(settings.ts_max_age_s * 1000)
-        self.max_ahead_ms = int(settings.ts_max_ahead_s * 1000)
+        self.max_age_ms = round(settings.ts_max_age_s * 1000)
+        self.max_ahead_ms = round(settings.ts_max_ahead_s * 1000)
 
     def check(
         self, topic: str, partition: int, record_ts_ms: int | None, payload: dict[str, Any]
@@ -54,7 +54,8 @@ class Admission:
                 expected,
             )
         ts = payload.get("ts")
-        if record_ts_ms is None or record_ts_ms <= 0 or not isinstance(ts, int):
+        # The schemas take 12.0 for an integer: a float ts is judged as well.
+        if record_ts_ms is None or record_ts_ms <= 0 or not isinstance(ts, int | float):
             return
         if ts > record_ts_ms + self.max_ahead_ms or ts < record_ts_ms - self.max_age_ms:
             raise Rejected(

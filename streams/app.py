@@ -13,6 +13,7 @@ from datetime import timedelta
 import faust
 from faust.types import TopicT
 
+from streams import faults
 from streams.admission import Admission
 from streams.catalog import ItemCatalog
 from streams.config import Settings
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
 security = current_security()
+faults.configure(settings.faults, settings.fault_seed)
 
 
 class LoopwiseApp(faust.App):

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from faust.types import EventT, StreamT, TopicT
 
-from streams import relay_records
+from streams import faults, relay_records
 from streams.admission import Admission
 from streams.codecs import DEFAULT_MAX_RECORD_BYTES, EventDecoder, Rejected, dead_letter, encode
 from streams.consumer_health import register
@@ -57,7 +57,7 @@ def is_transient(exc: BaseException) -> bool:
 
     from streams.retry import TRANSIENT_ERRORS
 
-    if isinstance(exc, TRANSIENT_ERRORS | KafkaException | asyncio.TimeoutError):
+    if isinstance(exc, (*TRANSIENT_ERRORS, KafkaException, asyncio.TimeoutError)):
         return True
     return isinstance(exc, AIOKafkaError) and bool(getattr(exc, "retriable", False))
 
@@ -114,6 +114,7 @@ class Boundary:
         self._handled: dict[tuple[str, int], int] = {}
 
     async def split(self, events: Sequence[EventT]) -> list[Valid]:
+        faults.point("decode")
         valid: list[Valid] = []
         for event in events:
             msg = event.message
@@ -196,6 +197,7 @@ class Boundary:
         where = (topic, partition, offset)
         if self._in_batch and where in self._dead_lettered:
             return
+        faults.point("deadletter")
         record = dead_letter(
             raw=raw,
             topic=topic,
@@ -255,40 +257,51 @@ class Boundary:
         guard = lock if lock is not None else contextlib.nullcontext()
         attempt = 0
         self._in_batch = True
-        while True:
-            started = time.perf_counter()
-            try:
-                valid = await self.split(events)
-                BATCH_SIZE.labels(agent=self.agent).observe(len(valid))
-                # Relay records hold many events each: process at most max_events at a time.
-                for start in range(0, max(len(valid), 1), max_events):
-                    async with guard:
-                        await self.process_isolating_failures(
-                            process, valid[start : start + max_events]
-                        )
-            except Exception as exc:
-                attempt += 1
-                BATCH_RETRIES.labels(consumer=self.agent).inc()
-                self.health.failed(exc)
-                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(attempt - 1, 8))
-                log.exception(
-                    "%s: a batch of %d records failed (attempt %d); its offsets stay "
-                    "uncommitted, retrying in %.1f s", self.agent, len(events), attempt, delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                if still_owned is not None and not any(still_owned(e) for e in events):
-                    log.warning("%s: the failing batch's partitions moved away; the new "
-                                "owner reads it again", self.agent)  # fmt: skip
-                    break
-                continue
-            PROCESSING_SECONDS.labels(agent=self.agent).observe(time.perf_counter() - started)
-            break
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    with faults.armed():
+                        await self._handle_once(events, process, guard, max_events)
+                except Exception as exc:
+                    attempt += 1
+                    BATCH_RETRIES.labels(consumer=self.agent).inc()
+                    self.health.failed(exc)
+                    delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(attempt - 1, 8))
+                    log.exception(
+                        "%s: a batch of %d records failed (attempt %d); its offsets stay "
+                        "uncommitted, retrying in %.1f s", self.agent, len(events), attempt,
+                        delay,
+                    )  # fmt: skip
+                    await asyncio.sleep(delay)
+                    if still_owned is not None and not any(still_owned(e) for e in events):
+                        log.warning("%s: the failing batch's partitions moved away; the "
+                                    "new owner reads it again", self.agent)  # fmt: skip
+                        return
+                    continue
+                PROCESSING_SECONDS.labels(agent=self.agent).observe(time.perf_counter() - started)
+                break
+        finally:
+            self._dead_lettered.clear()
+            self._in_batch = False
         for event in events:
             msg = event.message
             self._handled[(msg.topic, msg.partition)] = msg.offset
-        self._dead_lettered.clear()
-        self._in_batch = False
         self.health.succeeded()
+
+    async def _handle_once(
+        self,
+        events: Sequence[EventT],
+        process: Callable[[list[Valid]], Awaitable[None]],
+        guard: contextlib.AbstractAsyncContextManager[Any],
+        max_events: int,
+    ) -> None:
+        valid = await self.split(events)
+        BATCH_SIZE.labels(agent=self.agent).observe(len(valid))
+        # Relay records hold many events each: process at most max_events at a time.
+        for start in range(0, max(len(valid), 1), max_events):
+            async with guard:
+                await self.process_isolating_failures(process, valid[start : start + max_events])
 
     async def consume(
         self,

@@ -46,13 +46,16 @@ KEY_KEEP_BYTES = 1024
 DEFAULT_MAX_RECORD_BYTES = 1_000_000
 
 
+ORIGINAL_MAX_BYTES = 1_125_000  # base64 of it is the schema's maxLength, 1,500,000
+
+
 def original_limit(max_record_bytes: int) -> int:
     """Bytes of an original a dead letter of at most ``max_record_bytes`` keeps whole.
 
-    >>> original_limit(1_000_000)
-    737712
+    >>> original_limit(1_000_000), original_limit(10_000_000)
+    (737712, 1125000)
     """
-    return max(0, (max_record_bytes - ENVELOPE_BYTES) // 4 * 3)
+    return max(0, min((max_record_bytes - ENVELOPE_BYTES) // 4 * 3, ORIGINAL_MAX_BYTES))
 
 
 MAX_TS_MS = 4_102_444_800_000  # the schemas' upper bound for ts (2100-01-01)

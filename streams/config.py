@@ -67,6 +67,16 @@ def _parse_names(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _faults_ok(spec: str) -> bool:
+    from streams.faults import parse
+
+    try:
+        parse(spec)
+    except ValueError:
+        return False
+    return True
+
+
 def _positive(value: float) -> bool:
     return value > 0
 
@@ -996,6 +1006,17 @@ class Settings:
         check=lambda v: v.lower() in {"debug", "info", "warning", "error"},
         expected="debug, info, warning or error",
     )
+    faults: str = _setting(
+        "",
+        "LOOPWISE_FAULTS",
+        "test hook: transient faults at processing points, e.g. decode=0.05,*=0.01 "
+        "(streams/faults.py); empty in production",
+        check=lambda v: _faults_ok(v),
+        expected="point=probability pairs separated by commas",
+    )
+    fault_seed: int = _setting(
+        0, "LOOPWISE_FAULT_SEED", "test hook: seed of LOOPWISE_FAULTS", parse=int
+    )
     crash_at: str = _setting(
         "",
         "LOOPWISE_CRASH_AT",
@@ -1135,5 +1156,7 @@ def settings_in_force(
                     value = value.replace(f":{parts.password}@", ":***@", 1)
             except ValueError:
                 value = "<unparseable url>"
+            # libpq also takes ?password=... in the query string
+            value = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", value)
         rows.append((spec.env, value, "env" if spec.env in env else "default", spec.help))
     return rows

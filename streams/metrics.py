@@ -123,6 +123,12 @@ CONSUMER_STUCK = Gauge(
     ["consumer"],
     registry=REGISTRY,
 )
+FAULTS_INJECTED = Counter(
+    "loopwise_faults_injected_total",
+    "Transient faults raised on purpose by the fault tests (LOOPWISE_FAULTS)",
+    ["point"],
+    registry=REGISTRY,
+)
 AGENT_ERRORS = Counter(
     "loopwise_agent_errors_total",
     "Unexpected exceptions caught inside an agent",

@@ -23,12 +23,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import KafkaException
-
 log = logging.getLogger(__name__)
 
 PARTITIONER = "murmur2_random"
 REFRESH_S = 30.0
+RETRY_FAILED_S = 5.0
 
 try:  # the C implementation in confluent-kafka (>= 2.x): 0.1 µs a key
     from confluent_kafka.cimpl import murmur2 as _murmur2_mod
@@ -58,6 +57,7 @@ class PartitionCounts:
     def __init__(self, fetch: Callable[[str], int | None]) -> None:
         self._fetch = fetch
         self._counts: dict[str, tuple[int, float]] = {}
+        self._failed: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def get(self, topic: str, seen_partition: int = 0) -> int | None:
@@ -65,14 +65,20 @@ class PartitionCounts:
         cached = self._counts.get(topic)
         if cached is not None and seen_partition < cached[0] and now - cached[1] < REFRESH_S:
             return cached[0]
+        failed_at = self._failed.get(topic)
+        if failed_at is not None and now - failed_at < RETRY_FAILED_S:
+            # The broker did not answer a moment ago: do not block every record on it.
+            return cached[0] if cached is not None else None
         with self._lock:
             try:
                 count = self._fetch(topic)
-            except KafkaException as exc:
-                log.warning("partition count of %s unavailable: %s", topic, exc)
+            except Exception as exc:  # the broker away, or metadata not there yet
+                log.warning("partition count of %s unavailable: %r", topic, exc)
                 count = None
             if count is None:
+                self._failed[topic] = now
                 return cached[0] if cached is not None else None
+            self._failed.pop(topic, None)
             self._counts[topic] = (count, now)
             return count
 

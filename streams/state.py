@@ -14,6 +14,7 @@ import os
 import orjson
 from faust.types import TableT
 
+from streams import faults
 from streams.app import app, fast_producer, settings
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,12 @@ def delete(table: TableT, partition: int, key: str) -> None:
 
 
 def crash_point(name: str) -> None:
-    """Exit at once (no clean-up, like kill -9) when LOOPWISE_CRASH_AT names this point."""
+    """Exit at once (no clean-up, like kill -9) when LOOPWISE_CRASH_AT names this point;
+    raise a transient fault here when LOOPWISE_FAULTS says so (streams.faults)."""
     if settings.crash_at == name:
         log.warning("LOOPWISE_CRASH_AT=%s: exiting at this boundary", name)
         os._exit(70)
+    faults.point(name)
 
 
 def assigned_partitions(topic_name: str) -> frozenset[int]:

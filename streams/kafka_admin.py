@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -143,11 +144,17 @@ def read_topic(
                 ends[p] = high
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
         count = 0
+        idle_since = time.monotonic()
         while ends and (limit is None or count < limit):
-            msgs = consumer.consume(num_messages=500, timeout=timeout_s)
+            # consume() waits for num_messages or the timeout, whichever comes first: short
+            # polls return what has arrived instead of waiting out every call.
+            msgs = consumer.consume(num_messages=500, timeout=0.1)
             if not msgs:
-                # Nothing for timeout_s: the rest is unreadable (markers, compaction).
-                return
+                if time.monotonic() - idle_since > timeout_s:
+                    # Nothing for timeout_s: the rest is unreadable (markers, compaction).
+                    return
+                continue
+            idle_since = time.monotonic()
             for msg in msgs:
                 if msg.error():
                     continue

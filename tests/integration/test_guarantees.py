@@ -322,14 +322,18 @@ def test_large_invalid_input_on_every_input_topic_is_dead_lettered_once(
         send(big, topic, [compressed], key_field, key)
         send(plain, topic, [after], key_field)
 
-    def letters_of(name: str) -> list[dict[str, Any]]:
-        return [d for d in dep.read("deadletter") if d["source"]["topic"] == dep.topic(name)
-                and d.get("original_length", 0) >= LIMIT - 20]  # fmt: skip
+    def big_letters() -> dict[str, list[dict[str, Any]]]:
+        by_topic: dict[str, list[dict[str, Any]]] = {dep.topic(n): [] for n, _ in input_topics()}
+        for d in dep.read("deadletter"):
+            if d["source"]["topic"] in by_topic and d.get("original_length", 0) >= LIMIT - 20:
+                by_topic[d["source"]["topic"]].append(d)
+        return by_topic
 
+    wait_for(lambda: all(len(v) >= 3 for v in big_letters().values()), 120,
+             "3 dead letters on every input topic")  # fmt: skip
+    letters = big_letters()
     for name, _ in input_topics():
-        wait_for(lambda n=name: len(letters_of(n)) >= 3, 120, f"3 dead letters on {name}")
-    for name, _ in input_topics():
-        found = letters_of(name)
+        found = letters[dep.topic(name)]
         assert len(found) == 3, (name, [d["error_kind"] for d in found])  # once each
         by_length = {d["original_length"]: d for d in found}
         for raw in (just_under, over, compressed):

@@ -62,7 +62,7 @@ demo: setup
 	@bash $(SERVICES) status >/dev/null 2>&1; was_up=$$?; \
 	bash $(SERVICES) up || exit 1; \
 	set -a; source $(SERVICES_ENV); set +a; \
-	$(BIN)/python -m streams.demo; rc=$$?; \
+	$(BIN)/python -m loopwise.demo.run; rc=$$?; \
 	if [ $$was_up -ne 0 ]; then bash $(SERVICES) down; fi; \
 	exit $$rc
 

@@ -406,7 +406,7 @@ def profiled_worker(path: str) -> None:
 
     signal.signal(PROFILE_ON, on)
     signal.signal(PROFILE_OFF, off)
-    from streams.worker import run_worker
+    from loopwise.worker import run_worker
 
     sys.argv = [sys.argv[0]]
     run_worker()

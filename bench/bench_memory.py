@@ -2,7 +2,7 @@
 
 Run with ``python -m bench.bench_memory [--users N] [--dim D] [--json]`` (no services).
 
-The worker keeps each user's :class:`agents.preference_state.PreferenceState` packed into
+The worker keeps each user's :class:`agents.preferences.state.PreferenceState` packed into
 bytes in the ``preferences`` table; faust's memory store is a plain dict, key ``str`` →
 value ``bytes``, plus a second dict, key → partition (``Store._key_partition``, sharing the
 key objects): faust fills it for keys it recovers from the changelog, and
@@ -16,7 +16,7 @@ The baseline, measured the same way in the same run, is a plain numpy ``(N, D)``
 array -- the vectors alone, nothing per user. SPEC §8 target: <= 300 MB per worker for 1M
 users x 32 dimensions.
 
-Cases (the value layouts are described in :mod:`agents.preference_state`; layout 2 with
+Cases (the value layouts are described in :mod:`agents.preferences.state`; layout 2 with
 the default ``LOOPWISE_VECTOR_DTYPE=int16`` unless named):
 
 * ``quiet (ids pruned)``: the steady state of a user quiet for longer than the
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.preference_state import (
+from agents.preferences.state import (
     _HEADER_V1,
     HEADER,
     PreferenceState,
@@ -163,9 +163,9 @@ def rss_bytes() -> int:
 
 
 def guard_blob(events: int = 32) -> bytes:
-    """A guard state (agents.guard) after ``events`` human-paced events."""
-    from agents.guard import UserGuard
+    """A guard state (agents.preferences.guard) after ``events`` human-paced events."""
     from agents.learning.spam import Guard, GuardState, item_key
+    from agents.preferences.guard import UserGuard
 
     rng = np.random.default_rng(5)
     state = GuardState()

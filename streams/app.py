@@ -1,7 +1,7 @@
 """The one faust App of Loopwise, its topics and tables, and the worker's shared resources.
 
 Everything else imports ``app`` from here; agents live in ``agents/`` and are imported
-explicitly by :mod:`streams.worker` (no autodiscovery).
+explicitly by :mod:`loopwise.worker` (no autodiscovery).
 """
 
 from __future__ import annotations
@@ -101,6 +101,9 @@ def topic(*names: str) -> TopicT:
 
 
 deadletter_topic = topic("deadletter")
+# Written by several agents: one topic object each.
+actions_topic = topic("actions")
+alerts_topic = topic("alerts")
 # The partition and event-time checks of every input record (streams.admission).
 admission = Admission(
     settings, broker_counts(confluent_config(settings.kafka_bootstrap_servers, log_level=0))
@@ -109,7 +112,7 @@ admission = Admission(
 preferences_table = app.Table(
     "preferences", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
 )
-# Values are packed bytes (agents.preference_state); faust derives "json" from the type, so
+# Values are packed bytes (agents.preferences.state); faust derives "json" from the type, so
 # set the changelog's value codec before the changelog topic is first built.
 preferences_table.value_serializer = "raw"
 

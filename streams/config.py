@@ -182,7 +182,7 @@ class Settings:
     implicit_relay: bool = _setting(
         True,
         "LOOPWISE_IMPLICIT_RELAY",
-        "read feedback.implicit through the batched relay (agents/implicit_relay.py) rather "
+        "read feedback.implicit through the batched relay (agents/preferences/relay.py) rather "
         "than faust's per-event stream",
         parse=_parse_bool,
     )

@@ -153,7 +153,7 @@ class Deployment:
         }
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "loopwise.cli.main", "worker"],
                 cwd=REPO_ROOT,
                 env=worker_env,
                 stdout=log,

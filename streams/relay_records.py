@@ -1,7 +1,7 @@
 """The record format of ``feedback.implicit.relay``: many validated input events in one
 Kafka record, with their original bytes and source coordinates.
 
-The implicit relay (:mod:`agents.implicit_relay`) packs the valid events it read from one
+The implicit relay (:mod:`agents.preferences.relay`) packs the valid events it read from one
 partition of ``feedback.implicit`` into records of at most ``max_events`` events (and about
 ``max_bytes``); the preferences agent unpacks them into :class:`RelayedEvent` objects that
 look like the faust events they replace (``event.message.topic/partition/offset/timestamp/

@@ -156,7 +156,7 @@ TOPICS: tuple[TopicSpec, ...] = (
         "partition",
         None,
         Direction.INTERNAL,
-        "per input partition: absolute bandit counts (agents/bandit_attribution.py)",
+        "per input partition: absolute bandit counts (agents/bandits/attribution.py)",
         compacted=True,
     ),
     TopicSpec(
@@ -164,7 +164,7 @@ TOPICS: tuple[TopicSpec, ...] = (
         "partition",
         None,
         Direction.INTERNAL,
-        "validated feedback.implicit events, many per record (agents/implicit_relay.py)",
+        "validated feedback.implicit events, many per record (agents/preferences/relay.py)",
     ),
     TopicSpec(
         "customers.segments",
@@ -178,14 +178,14 @@ TOPICS: tuple[TopicSpec, ...] = (
         "customer_id",
         None,
         Direction.INTERNAL,
-        "completed choice sessions, re-keyed by customer (agents/choices.py)",
+        "completed choice sessions, re-keyed by customer (agents/choices/agent.py)",
     ),
     TopicSpec(
         "choices.segment_observations",
         "segment",
         None,
         Direction.INTERNAL,
-        "completed choice sessions with their segment, re-keyed by segment (agents/choices.py)",
+        "completed choice sessions with their segment, re-keyed by segment (agents/choices)",
     ),
 )
 

@@ -1,7 +1,7 @@
 """The customer choice loop end to end on real Kafka, Redis and PostgreSQL (one worker).
 
 Simulated customers of known segments choose among ranked candidates by a known conditional
-logit (agents/choice_simulation.py, fixed seeds). Checked: the defaults are published,
+logit (agents/choices/simulation.py, fixed seeds). Checked: the defaults are published,
 flagged, below the minimum sample; the learned weights order the factors like the truth,
 converge toward it and equal the pure functions on the same events in the order the worker
 read them; the analytics
@@ -29,8 +29,8 @@ import psycopg
 import pytest
 import redis
 
-from agents import choice_state as cs
-from agents.choice_simulation import (
+from agents.choices import state as cs
+from agents.choices.simulation import (
     FACTORS,
     reference_observations,
     simulate_events,
@@ -436,7 +436,7 @@ def test_conversion_drop_raises_one_alert_and_the_report_shows_it(dep):
 
     env = {**os.environ, **dep.base_env}
     out = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "choices", "report"],
+        [sys.executable, "-m", "loopwise.cli.main", "choices", "report"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     text = out.stdout

@@ -27,7 +27,7 @@ def loopwise(
     dep: Deployment, *args: str, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "loopwise.cli.main", *args],
         cwd=REPO_ROOT,
         env={**os.environ, **dep.base_env},
         input=stdin,

@@ -76,7 +76,7 @@ def dep(log_dir: Path) -> Iterator[Deployment]:
 
 def cli(dep: Deployment, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", "experiments", *args],
+        [sys.executable, "-m", "loopwise.cli.main", "experiments", *args],
         cwd=REPO_ROOT,
         env={**os.environ, **dep.base_env},
         input=stdin,

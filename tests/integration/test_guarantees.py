@@ -187,7 +187,7 @@ def test_every_entry_point_builds_one_state_per_user(dep: Deployment, worker: Wo
     for name in ("feedback.explicit", "feedback.implicit"):
         lines = b"\n".join(orjson.dumps(e) for e in by_door["cli"] if topic_of(e) == name)
         done = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "produce", name],
+            [sys.executable, "-m", "loopwise.cli.main", "produce", name],
             input=lines, env=cli_env(dep), capture_output=True, timeout=120, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode()

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from agents.insight_reports import build_report, collect
-from streams import experiments_store as store
+from agents.experiments import store
+from agents.insights.reports import build_report, collect
 from streams.config import REPO_ROOT
 from streams.harness import Deployment
 
@@ -123,7 +123,7 @@ def insights_about(dep: Deployment, subject: str) -> list[dict[str, Any]]:
 def cli(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**dep.base_env, **dep.extra_env}
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "loopwise.cli.main", *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 

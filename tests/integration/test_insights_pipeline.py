@@ -218,7 +218,7 @@ def test_low_confidence_insight_acted_on_by_greedy_not_conservative(dep: Deploym
 
     env = {**dep.base_env, **dep.extra_env}
     run = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "optimize", "--strategy", "greedy",
+        [sys.executable, "-m", "loopwise.cli.main", "optimize", "--strategy", "greedy",
          "--component", comp],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -238,7 +238,7 @@ def test_low_confidence_insight_acted_on_by_greedy_not_conservative(dep: Deploym
 def cli(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**dep.base_env, **dep.extra_env}
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "loopwise.cli.main", *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from agents.choice_simulation import simulate_events
+from agents.choices.simulation import simulate_events
 from streams.harness import Deployment
 from tests.integration.test_choices_pipeline import (
     STATED,

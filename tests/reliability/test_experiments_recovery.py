@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams import experiments_store as store
+from agents.experiments import store
 from streams.harness import Deployment
 from tests.integration.test_experiments_pipeline import (
     definition,

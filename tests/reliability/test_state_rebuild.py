@@ -10,8 +10,8 @@ import time
 import orjson
 import pytest
 
-from agents.guard import KEY_PREFIX as GUARD_PREFIX
-from agents.preference_state import PreferenceState
+from agents.preferences.guard import KEY_PREFIX as GUARD_PREFIX
+from agents.preferences.state import PreferenceState
 from streams.harness import Deployment
 from streams.kafka_admin import read_topic
 from tests.reliability.workload import Workload, assert_exact, item_events, wait_for

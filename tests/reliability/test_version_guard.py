@@ -15,7 +15,7 @@ import uuid
 import orjson
 import pytest
 
-from agents.preferences import UPSERT_SQL, json_rows
+from agents.preferences.agent import UPSERT_SQL, json_rows
 from streams.sinks.postgres_sink import PostgresRecords
 from streams.sinks.redis_sink import RedisLatestValues
 from tests.reliability import summary

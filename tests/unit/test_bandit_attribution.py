@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.bandit_attribution import (
+from agents.bandits.attribution import (
     DAY_MS,
     Partial,
     Signal,

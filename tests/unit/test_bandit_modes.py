@@ -1,8 +1,8 @@
 """Discounted and contextual modes of the bandits agent, through its pure update path.
 
 The path is the agent's own: signals → :func:`apply_signals` / :func:`close_windows` on
-per-partition partials → :func:`agents.bandits.posteriors` (summing the partials, as the
-publisher does) → :func:`agents.bandits.segment_weights` → serving weights. Only the broker,
+per-partition partials → :func:`agents.bandits.agent.posteriors` (summing the partials, as the
+publisher does) → :func:`agents.bandits.agent.segment_weights` → serving weights. Only the broker,
 the tables and the timers are left out.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from agents import bandits
-from agents.bandit_attribution import (
+from agents.bandits import agent as bandits
+from agents.bandits.attribution import (
     Partial,
     Signal,
     apply_signals,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.cli import build_parser
-from streams.cli_choices import render
+from loopwise.cli.choices import render
+from loopwise.cli.main import build_parser
 
 REPORT = {
     "deployment": "loopwise.",

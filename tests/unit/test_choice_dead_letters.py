@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from agents import choices
-from agents.choice_state import CHOICE, Pending
+from agents.choices import agent as choices
+from agents.choices.state import CHOICE, Pending
 from schemas.registry import get_schema
 
 

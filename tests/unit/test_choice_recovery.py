@@ -10,8 +10,8 @@ import itertools
 import numpy as np
 import pytest
 
-from agents import choice_state as cs
-from agents.choice_simulation import (
+from agents.choices import state as cs
+from agents.choices.simulation import (
     FACTORS,
     TRUTH,
     reference_pipeline,

@@ -1,4 +1,4 @@
-"""The choice loop's table values and pure steps (agents/choice_state.py): joins, waiting
+"""The choice loop's table values and pure steps (agents/choices/state.py): joins, waiting
 events, dedupe guards, customer evidence and segments, analytics, alerts, model updates."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents import choice_state as cs
+from agents.choices import state as cs
 from agents.learning.choice_model import ChoiceModelConfig
 from agents.learning.choice_segments import SegmentRules, classify_segments, summarise_behaviour
 

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from streams import cli_ops
-from streams.cli import build_parser, main
-from streams.cli_ops import (
+from loopwise.cli import ops as cli_ops
+from loopwise.cli.main import build_parser, main
+from loopwise.cli.ops import (
     LagReport,
     NotFound,
     OpsError,

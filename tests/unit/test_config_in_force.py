@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams import cli
+from loopwise.cli import main as cli
 from streams.config import Settings, settings_in_force, settings_table
 from streams.security import SECURITY_SETTINGS
 

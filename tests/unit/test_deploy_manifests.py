@@ -28,7 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streams.cli import build_parser
+from loopwise.cli.main import build_parser
 from streams.config import Settings, settings_table
 from streams.metrics import REGISTRY
 from streams.security import SECURITY_ENV_NAMES, SecuritySettings
@@ -387,7 +387,7 @@ def test_dockerfile_builds_the_package_and_runs_the_worker() -> None:
     assert entrypoint + cmd == ["loopwise", "worker"]
 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["loopwise"] == "streams.cli:main"
+    assert pyproject["project"]["scripts"]["loopwise"] == "loopwise.cli.main:main"
     copied = {src for i, a in rows if i == "COPY" for src in a.split()[:-1]}
     packages = {
         p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]

@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-from agents.learning.assignment import assign
-from schemas.registry import get_schema
-from streams.experiments_store import (
+from agents.experiments.store import (
     TRANSITIONS,
     DefinitionError,
     Experiment,
@@ -18,6 +16,8 @@ from streams.experiments_store import (
     definition_event,
     validate_definition,
 )
+from agents.learning.assignment import assign
+from schemas.registry import get_schema
 
 MINIMAL: dict[str, Any] = {
     "experiment_id": "exp-1",

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from agents import experiments as agent
-from agents.experiment_state import ExperimentState
+from agents.experiments import agent
+from agents.experiments.state import ExperimentState
 from streams.boundary import Valid
 from streams.metrics import REGISTRY
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from streams.experiments_store import (
+from agents.experiments.store import (
     DefinitionError,
     Experiment,
     assignment,

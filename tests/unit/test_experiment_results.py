@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.experiment_results import Policy, evaluate
-from agents.experiment_state import ExperimentState, Unit, event_id_hash
+from agents.experiments.results import Policy, evaluate
+from agents.experiments.state import ExperimentState, Unit, event_id_hash
 from agents.learning.abstats import VariantStats, analyze, srm_test
 from agents.learning.sequential import msprt_update
 from schemas.registry import get_schema

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.experiment_state import (
+from agents.experiments.state import (
     APPLIED,
     CROSSOVER,
     DUPLICATE,
@@ -251,10 +251,10 @@ def test_doctests_of_the_experiment_modules() -> None:
     """``make test`` runs doctests of agents/learning only; these modules have their own."""
     import doctest
 
-    import agents.experiment_ids
-    import agents.experiment_state
-    import streams.experiments_store
+    import agents.experiments.ids
+    import agents.experiments.state
+    import agents.experiments.store
 
-    for module in (agents.experiment_ids, agents.experiment_state, streams.experiments_store):
+    for module in (agents.experiments.ids, agents.experiments.state, agents.experiments.store):
         failed, tried = doctest.testmod(module)
         assert tried > 0 and failed == 0, module.__name__

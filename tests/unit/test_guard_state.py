@@ -1,4 +1,4 @@
-"""The guard's per-user value in the preferences table (agents.guard.UserGuard)."""
+"""The guard's per-user value in the preferences table (agents.preferences.guard.UserGuard)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.guard import FeedbackGuard, UserGuard, guard_key
 from agents.learning.spam import Guard, GuardConfig, GuardState
+from agents.preferences.guard import FeedbackGuard, UserGuard, guard_key
 from streams.boundary import Valid
 from streams.relay_records import RelayedEvent, RelayedMessage
 

@@ -9,12 +9,12 @@ import importlib
 import pytest
 
 MODULES = [
-    "agents.insight_windows",
-    "agents.insight_rules",
-    "agents.insight_optimizer",
-    "agents.insight_jobs",
-    "agents.insight_plots",
-    "agents.insight_signals",
+    "agents.insights.windows",
+    "agents.insights.rules",
+    "agents.insights.optimizer",
+    "agents.insights.jobs",
+    "agents.insights.plots",
+    "agents.insights.signals",
 ]
 
 

@@ -7,9 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from agents.insight_eval import EvalConfig, EvalState, WindowView, evaluate_component, is_closed
-from agents.insight_rules import benjamini_hochberg
-from agents.insight_windows import WindowState, apply_decisions
+from agents.insights.evaluation import (
+    EvalConfig,
+    EvalState,
+    WindowView,
+    evaluate_component,
+    is_closed,
+)
+from agents.insights.rules import benjamini_hochberg
+from agents.insights.windows import WindowState, apply_decisions
 from schemas.registry import get_schema
 
 W = 60_000  # one-minute windows

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.insight_jobs import JobState, Scheduler, after_failure, after_success, job_due
-from agents.insight_optimizer import (
+from agents.insights.jobs import JobState, Scheduler, after_failure, after_success, job_due
+from agents.insights.optimizer import (
     STRATEGIES,
     Goal,
     InsightRow,

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.insight_reports import (
+from agents.insights.reports import (
     SECTIONS,
     archive,
     build_report,
@@ -22,7 +22,7 @@ from agents.insight_reports import (
     render_markdown,
     render_plots,
 )
-from agents.insight_windows import WindowState, apply_decisions
+from agents.insights.windows import WindowState, apply_decisions
 
 H = 3_600_000
 END = 1_767_225_600_000  # 2026-01-01 00:00 UTC

@@ -1,4 +1,4 @@
-"""Insights from the other agents' outputs (agents.insight_signals), on scripted records and
+"""Insights from the other agents' outputs (agents.insights.signals), on scripted records and
 on real experiment results: what each rule finds, its evidence, one insight per finding
 however often it is reported, resolution, and the actions the optimizer picks from them."""
 
@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.experiment_results import Policy, evaluate
-from agents.experiment_state import ExperimentState, Unit, event_id_hash
-from agents.insight_optimizer import STRATEGIES, InsightRow, action_event, candidates, choose
-from agents.insight_signals import SignalConfig, SignalState, apply_signal, latest_refreshes
+from agents.experiments.results import Policy, evaluate
+from agents.experiments.state import ExperimentState, Unit, event_id_hash
+from agents.insights.optimizer import STRATEGIES, InsightRow, action_event, candidates, choose
+from agents.insights.signals import SignalConfig, SignalState, apply_signal, latest_refreshes
 from schemas.registry import get_schema
 
 NOW = 1_767_225_600_000

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from agents.insight_tickets import TRANSITIONS, measure_impact, measured_metric
-from agents.insight_windows import WindowState, apply_decisions
+from agents.insights.tickets import TRANSITIONS, measure_impact, measured_metric
+from agents.insights.windows import WindowState, apply_decisions
 from agents.learning.impact import matched_windows
 
 H = 3_600_000

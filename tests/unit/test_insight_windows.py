@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.insight_windows import (
+from agents.insights.windows import (
     DECISION_FIELDS,
     WindowState,
     apply_decisions,

@@ -29,7 +29,7 @@ def spec() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def served() -> dict[tuple[str, str], str]:
     """(METHOD, path) → module of the view, for every route a worker serves."""
-    import streams.worker  # noqa: F401  (imports every agent and view module)
+    import loopwise.worker  # noqa: F401  (imports every agent and view module)
     from streams.app import app
 
     # faust applies its built-in blueprints when the web server starts; do the same here.
@@ -140,7 +140,7 @@ def test_feedback_body_references_the_event_schemas(spec: dict[str, Any]) -> Non
 
 
 def test_the_experiment_example_is_a_valid_definition(spec: dict[str, Any]) -> None:
-    from streams.experiments_store import validate_definition
+    from agents.experiments.store import validate_definition
 
     body = spec["paths"]["/experiments"]["post"]["requestBody"]["content"]["application/json"]
     definition = validate_definition(body["example"])

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from agents.preference_state import (
+from agents.preferences.state import (
     HEADER,
     PreferenceState,
     event_id_hash,

@@ -4,7 +4,7 @@ A user's events may lie anywhere in that range, in any order and batching: a rat
 (the schemas' minimum) followed by a like at the current time once made the guard raise, and
 the old time, kept in the user's state, made every later event of the user fail too. States
 are stored and read back between batches through the worker's binary form
-(:class:`agents.guard.UserGuard`), as in production.
+(:class:`agents.preferences.guard.UserGuard`), as in production.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.guard import UserGuard
 from agents.learning import spam
 from agents.learning.spam import Guard, GuardConfig, GuardResult, GuardState
+from agents.preferences.guard import UserGuard
 
 MAX_VALID_MS = 4_102_444_800_000  # the schemas' maximum ts: 2100-01-01
 MAX_VALID_S = MAX_VALID_MS / 1000.0

@@ -1,0 +1,3 @@
+"""Entry points people and services touch: the CLI, the HTTP API, the demo,
+the worker process.
+"""

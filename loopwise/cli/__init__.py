@@ -1,0 +1,1 @@
+"""``loopwise`` — the operators' command line, one module per command group."""

@@ -1,0 +1,1 @@
+"""``make demo``: services, workers and simulated traffic with a known truth."""

@@ -86,7 +86,6 @@ class ImplicitRelay:
         # (partition, offset) dead-lettered and not yet committed: a batch read again after
         # the clients restarted dead-letters each bad event once.
         self._dead_lettered: set[tuple[int, int]] = set()
-        self._sending: list[tuple[int, int]] = []  # this batch's, until the broker has them
         self.health.lag = lambda: self.lag_estimate
         self.lag_estimate: int | None = None
 
@@ -186,7 +185,6 @@ class ImplicitRelay:
     def _relay_batch(self, consumer: Consumer, out: Any, messages: list[Message]) -> None:
         valid, rejects, ends = self._split(messages)
         valid = self._drop_unknown_items(valid, rejects)
-        self._sending.clear()
         for msg, kind, text, expected in rejects:
             self._dead_letter(out, msg, kind, text, expected)
         by_partition: dict[int, list[SourceEvent]] = defaultdict(list)
@@ -211,7 +209,6 @@ class ImplicitRelay:
             raise RelayDeliveryFailed(
                 f"{left} records undelivered after {FLUSH_TIMEOUT_S} s; {self._failures[:3]}"
             )
-        self._dead_lettered.update(self._sending)
         crash_point("relay_after_produce")
         self.relayed += len(valid)
         EVENTS_OUT.labels(topic=self.target, agent=AGENT).inc(records)
@@ -295,9 +292,17 @@ class ImplicitRelay:
             timestamp_ms=ts if ts_type else None,
             expected_partition=expected,
         )
+
+        def delivered(err: KafkaError | None, sent: Message) -> None:
+            # Remembered once the broker has it: a batch that fails later and is read again
+            # after the clients restart must not dead-letter this event a second time.
+            if err is None:
+                self._dead_lettered.add(where)
+            else:
+                self._failures.append(f"{sent.topic()}[{sent.partition()}]: {err}")
+
         out.produce(self.deadletter, key=msg.topic().encode(), value=encode(record),
-                    on_delivery=self._delivered)  # fmt: skip
-        self._sending.append(where)
+                    on_delivery=delivered)  # fmt: skip
         DEAD_LETTERS.labels(topic=msg.topic(), reason=kind).inc()
         log.info("dead letter %s:%d:%d %s: %s", msg.topic(), msg.partition(), msg.offset(),
                  kind, text)  # fmt: skip

@@ -25,7 +25,7 @@ first exposure wins); a binary conversion counts once per unit; continuous value
 summed per unit, de-duplicated by the last ``MAX_UNIT_IDS`` conversion-event ids of the
 unit.
 
-Everything here is pure (no I/O) and unit-tested in ``tests/unit/test_experiment_state.py``.
+Everything here is pure (no I/O) and unit-tested in ``tests/unit/experiments/test_state.py``.
 """
 
 from __future__ import annotations

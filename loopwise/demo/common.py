@@ -1,7 +1,7 @@
 """What the ``make demo`` scenarios share: the run context, the scenario interface, a tail
 of the output topics, and the simulated clock of a person.
 
-Each scenario (``streams/demo_*.py``) produces its own traffic through the one producer of
+Each scenario (``loopwise/demo/*.py``) produces its own traffic through the one producer of
 the :class:`Context`, reads what the worker learned (Redis, the worker's HTTP API, the
 output topics via :class:`TopicTail`) and judges at the end whether it learned what it
 should. ``loopwise/demo/run.py`` interleaves them in one loop.

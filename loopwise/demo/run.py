@@ -1,7 +1,7 @@
 """``make demo``: one worker learns five things at once from simulated traffic, live.
 
 One isolated deployment (topic prefix, app id) and one worker; the scenarios of
-``streams/demo_*.py`` produce their traffic interleaved from one loop:
+``loopwise/demo/*.py`` produce their traffic interleaved from one loop:
 
 1. preferences — hidden user preference vectors learned from feedback (cosine similarity);
 2. bandits — per-segment Thompson-sampling weights of three algorithms, and the regret of

@@ -33,7 +33,7 @@ from streams.config import Settings, settings_table
 from streams.metrics import REGISTRY
 from streams.security import SECURITY_ENV_NAMES, SecuritySettings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"

@@ -366,7 +366,7 @@ def test_every_valid_schema_example_is_handled() -> None:
 
     import orjson
 
-    root = Path(__file__).resolve().parents[2] / "schemas" / "examples"
+    root = Path(__file__).resolve().parents[3] / "schemas" / "examples"
     for name in ("weights.algorithms", "experiments.results", "weights.scoring"):
         for path in sorted((root / name / "valid").glob("*.json")):
             event = orjson.loads(path.read_bytes())

@@ -459,6 +459,6 @@ def test_security_variables_are_documented_and_distinct_from_settings() -> None:
     names = [name for name, _, _ in security_settings_table()]
     assert len(names) == len(set(names)) == len(SECURITY_ENV_NAMES)
     assert not set(names) & {env for env, _, _ in settings_table()}
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "deploy.md").read_text()
     missing = [name for name in names if f"`{name}`" not in docs]
     assert not missing, f"docs/deploy.md does not document {missing}"

@@ -17,6 +17,10 @@ from streams.admission import Admission
 from streams.codecs import EventDecoder, Rejected
 from streams.compacted import CompactedTopicReader
 
+# How long a lookup that misses waits for the catalog to read what was published since: an
+# item published a moment before its first feedback is not called unknown.
+UNKNOWN_ITEM_WAIT_S = 2.0
+
 
 class ItemCatalog:
     """item_id → float32 feature row; thread-safe for one writer and many readers."""
@@ -42,6 +46,10 @@ class ItemCatalog:
         self.reader = CompactedTopicReader(bootstrap, topic, self._apply)
         self.start, self.stop = self.reader.start, self.reader.stop
         self.wait_caught_up = self.reader.wait_caught_up
+
+    def catch_up_for_unknown(self) -> bool:
+        """Wait (up to ``UNKNOWN_ITEM_WAIT_S``) until everything published so far is read."""
+        return self.wait_caught_up(UNKNOWN_ITEM_WAIT_S)
 
     def __len__(self) -> int:
         return len(self._rows)

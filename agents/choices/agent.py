@@ -88,6 +88,7 @@ from streams.app import (
     topic,
 )
 from streams.boundary import Boundary, Valid
+from streams.clock import now_ms
 from streams.codecs import EventDecoder, Rejected, encode
 from streams.metrics import (
     EVENT_TO_OUTPUT_SECONDS,
@@ -201,10 +202,6 @@ segment_boundary = Boundary(
     max_record_bytes=settings.max_message_bytes,
 )
 _slot_of_topic = {settings.topic(name): slot for name, slot in TOPIC_SLOTS.items()}
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _json(value: Any) -> str:

@@ -102,6 +102,7 @@ from streams.metrics import (
     TABLE_KEYS,
 )
 from streams.retry import retry_transient
+from streams.sinks.postgres_sink import jsonb
 from streams.state import crash_point, delete, put
 
 log = logging.getLogger(__name__)
@@ -170,12 +171,6 @@ WHERE experiment_id = %s AND status = 'running'
 RETURNING {_COLUMNS}
 """
 SELECT_MANY = f"SELECT {_COLUMNS} FROM experiments WHERE experiment_id = ANY(%s)"
-
-
-def _jsonb(value: Any) -> Any:
-    from psycopg.types.json import Jsonb
-
-    return Jsonb(value, dumps=lambda v: encode(v).decode())
 
 
 async def _fetch(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -251,7 +246,7 @@ async def publish(emissions: Sequence[Emission]) -> None:
         "exp", ((e.experiment_id, r["version"], encode(r)) for e, r in results)
     )
     crash_point("after_redis")
-    rows = [(e.experiment_id, r["version"], _jsonb(r), r["computed_at"]) for e, r in results]
+    rows = [(e.experiment_id, r["version"], jsonb(r), r["computed_at"]) for e, r in results]
     await postgres.execute_many(UPSERT_LATEST, rows)
     await postgres.execute_many(
         INSERT_HISTORY, [row for (e, _), row in zip(results, rows, strict=True) if e.history]
@@ -271,8 +266,8 @@ async def publish(emissions: Sequence[Emission]) -> None:
                     e.experiment_id,
                     kind,
                     variant,
-                    _jsonb(params),
-                    _jsonb(evidence),
+                    jsonb(params),
+                    jsonb(evidence),
                     reason,
                     version,
                 )
@@ -315,7 +310,7 @@ async def _apply_decisions(e: Emission) -> None:
             name: (w / total if total > 0 else 0.0)
             for name, w in zip(e.state.defn.variants, e.state.weights, strict=True)
         }
-        weights = _jsonb(current)
+        weights = jsonb(current)
         await postgres.execute_many(SET_WEIGHTS, [(weights, e.experiment_id, weights)])
     for entry in entries:
         action = entry["action"]

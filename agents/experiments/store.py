@@ -34,6 +34,7 @@ import orjson
 from agents.experiments.ids import bounded_id
 from agents.learning.assignment import assign
 from schemas.registry import get_schema, validation_error_message
+from streams.sinks.postgres_sink import jsonb
 
 STATUSES = ("draft", "running", "stopped", "concluded")
 FINAL = frozenset({"stopped", "concluded"})
@@ -277,12 +278,6 @@ class Experiment:
         }
 
 
-def _jsonb(value: Any) -> Any:
-    from psycopg.types.json import Jsonb
-
-    return Jsonb(value, dumps=lambda v: orjson.dumps(v).decode())
-
-
 def create(conn: Any, definition: Mapping[str, Any], deployment: str | None = None) -> Experiment:
     """Insert a validated definition (its ``status`` becomes the row's status).
 
@@ -298,7 +293,7 @@ def create(conn: Any, definition: Mapping[str, Any], deployment: str | None = No
                 VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END, %s)
                 ON CONFLICT (experiment_id) DO NOTHING
                 RETURNING {_COLUMNS}""",
-            (defn["experiment_id"], _jsonb(defn), status, status, deployment),
+            (defn["experiment_id"], jsonb(defn), status, status, deployment),
         ).fetchone()
     if row is None:
         raise Conflict(f"experiment {defn['experiment_id']!r} already exists")
@@ -420,7 +415,7 @@ def ramp(conn: Any, experiment_id: str, traffic: Any, reason: str | None = None)
         updated = conn.execute(
             f"""UPDATE experiments SET
                     definition = jsonb_set(
-                        definition, '{{traffic_fraction}}', to_jsonb(%s::float8)),
+                        definition, '{{traffic_fraction}}', tojsonb(%s::float8)),
                     revision = revision + 1, updated_at = now()
                 WHERE experiment_id = %s
                 RETURNING {_COLUMNS}""",
@@ -434,8 +429,8 @@ def ramp(conn: Any, experiment_id: str, traffic: Any, reason: str | None = None)
             (
                 experiment_id,
                 experiment.revision,
-                _jsonb({"traffic_fraction": before}),
-                _jsonb({"traffic_fraction": fraction}),
+                jsonb({"traffic_fraction": before}),
+                jsonb({"traffic_fraction": fraction}),
                 reason,
             ),
         )

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -69,6 +68,7 @@ from streams.app import (
     topic,
 )
 from streams.boundary import Boundary, Valid
+from streams.clock import now_ms
 from streams.codecs import EventDecoder, encode
 from streams.config import parse_health_thresholds
 from streams.metrics import (
@@ -78,6 +78,7 @@ from streams.metrics import (
     REGISTRY,
     TABLE_KEYS,
 )
+from streams.sinks.postgres_sink import jsonb
 from streams.state import assigned_partitions, crash_point, put
 
 log = logging.getLogger(__name__)
@@ -194,16 +195,6 @@ INSERT INTO insight_alerts (deployment, event_id, component, metric, severity,
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (deployment, event_id) DO NOTHING
 """
-
-
-def jsonb(value: Any) -> Any:
-    from psycopg.types.json import Jsonb
-
-    return Jsonb(value, dumps=lambda v: encode(v).decode())
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Local:

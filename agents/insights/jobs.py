@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -410,7 +409,3 @@ async def run_due(now_ms: int) -> None:
         await _scheduler.run_due(now_ms)
     except Exception:
         log.exception("insights: scheduled jobs could not run (PostgreSQL?); next tick retries")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -863,7 +863,8 @@ def generate_report(
     out_dir: Path | None = None,
 ) -> dict[str, str]:
     """Collect, build, render and archive one report of the last ``days``; the paths."""
-    from agents.insights.store import connect, jsonb, ms_to_dt
+    from agents.insights.store import connect, ms_to_dt
+    from streams.sinks.postgres_sink import jsonb
 
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     start_ms = now_ms - int(days * 86_400_000)

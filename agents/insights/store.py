@@ -11,12 +11,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import psycopg
 
 from agents.insights.optimizer import Goal, GoalStatus, InsightRow
 from agents.insights.windows import ALL, merge_stats, window_values
 from streams.config import Settings
+from streams.sinks.postgres_sink import jsonb
 
 __all__ = [
     "connect",
@@ -36,12 +36,6 @@ def connect(settings: Settings) -> psycopg.Connection[Any]:
 
     conninfo = postgres_conninfo(settings.database_url, current().postgres)
     return psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
-
-
-def jsonb(value: Any) -> Any:
-    from psycopg.types.json import Jsonb
-
-    return Jsonb(value, dumps=lambda v: orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
 def ms_to_dt(ms: int | float) -> datetime:

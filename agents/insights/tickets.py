@@ -28,7 +28,7 @@ import orjson
 import psycopg
 
 from agents.insights.rules import stable_id
-from agents.insights.store import dt_to_ms, jsonb, load_windows, ms_to_dt
+from agents.insights.store import dt_to_ms, load_windows, ms_to_dt
 from agents.insights.windows import QUANTILE_METRICS, RATE_METRICS, merge_stats, metric_summary
 from agents.learning.impact import (
     ImpactResult,
@@ -38,6 +38,7 @@ from agents.learning.impact import (
     mean_impact,
     rate_impact,
 )
+from streams.sinks.postgres_sink import jsonb
 
 __all__ = [
     "STATUSES",

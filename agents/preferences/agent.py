@@ -62,6 +62,7 @@ from streams.app import (
     topic,
 )
 from streams.boundary import Boundary, Valid
+from streams.clock import now_ms
 from streams.codecs import EventDecoder, encode
 from streams.metrics import (
     EVENT_TO_OUTPUT_SECONDS,
@@ -73,7 +74,6 @@ from streams.state import crash_point, put_fast
 
 log = logging.getLogger(__name__)
 AGENT = "preferences"
-UNKNOWN_ITEM_WAIT_S = 2.0
 EXPLICIT = TOPIC_SLOTS["feedback.explicit"]
 
 # Implicit feedback arrives through the batched relay (agents.preferences.relay) by default.
@@ -166,10 +166,6 @@ class Worklist:
         return state
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def close_windows(work: Worklist, users: Iterable[str]) -> None:
     """Apply the open windows of ``users`` as one EMA step each."""
     closed = [(u, w) for u in users if (w := work.states[u].close_window()) is not None]
@@ -217,7 +213,7 @@ async def resolve_items(valid: list[Valid]) -> tuple[list[Valid], np.ndarray]:
     if not found.all():
         # The item may have been published a moment ago: wait for the catalog to read
         # everything written so far before calling it unknown.
-        await asyncio.to_thread(catalog.wait_caught_up, UNKNOWN_ITEM_WAIT_S)
+        await asyncio.to_thread(catalog.catch_up_for_unknown)
         features, found = catalog.lookup(item_ids)
     for v, ok in zip(valid, found, strict=True):
         if not ok:

@@ -52,7 +52,6 @@ from streams.state import crash_point
 
 log = logging.getLogger(__name__)
 AGENT = "implicit-relay"
-UNKNOWN_ITEM_WAIT_S = 2.0
 FLUSH_TIMEOUT_S = 30.0
 
 
@@ -259,7 +258,7 @@ class ImplicitRelay:
             return valid
         # The item may have been published a moment ago: let the catalog read everything
         # written so far before calling it unknown.
-        catalog.wait_caught_up(UNKNOWN_ITEM_WAIT_S)
+        catalog.catch_up_for_unknown()
         known = catalog.known(ids)
         kept = []
         for (msg, payload), ok in zip(valid, known, strict=True):

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from datetime import datetime
 from typing import Any
 
 import orjson
 
+from streams.clock import now_ms
 from streams.config import Settings
 
 
@@ -84,10 +84,6 @@ def register(sub: Any) -> None:
     rep.set_defaults(func=cmd_report)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _fail(message: str, code: int = 1) -> int:
     print(f"loopwise: {message}", file=sys.stderr)
     return code
@@ -126,7 +122,7 @@ def cmd_optimize(settings: Settings, args: argparse.Namespace) -> int:
     dep = settings.topic_prefix
     with _connect(settings) as conn:
         plan = plan_cycle(
-            conn, dep, strategy, _now_ms(), component=args.component,
+            conn, dep, strategy, now_ms(), component=args.component,
             max_actions=args.max_actions or settings.optimization_max_actions,
         )  # fmt: skip
         for line in format_plan(plan):
@@ -149,7 +145,7 @@ def cmd_goals_add(settings: Settings, args: argparse.Namespace) -> int:
     from agents.insights.store import add_goal
 
     direction = args.direction or ("at_least" if higher_is_better(args.metric) else "at_most")
-    deadline = _now_ms() + int(args.days * 86_400_000)
+    deadline = now_ms() + int(args.days * 86_400_000)
     with _connect(settings) as conn:
         add_goal(conn, settings.topic_prefix, args.goal_id, args.component, args.metric,
                  args.target, direction, deadline)  # fmt: skip
@@ -216,7 +212,7 @@ def cmd_tickets_update(settings: Settings, args: argparse.Namespace) -> int:
     with _connect(settings) as conn:
         try:
             ticket = update_ticket(
-                conn, settings.topic_prefix, args.ticket_id, args.status, now_ms=_now_ms(),
+                conn, settings.topic_prefix, args.ticket_id, args.status, now_ms=now_ms(),
                 note=args.note, cost=args.cost, at_ms=at_ms,
                 window_ms=int(settings.insights_window_s * 1000),
                 length_ms=int(settings.ticket_measure_h * 3_600_000),
@@ -235,7 +231,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
     days = args.days or (settings.report_interval_h / 24.0 if settings.report_interval_h else 7.0)
     paths = generate_report(
-        settings, _now_ms(), days=days, kind="on_demand",
+        settings, now_ms(), days=days, kind="on_demand",
         out_dir=Path(args.out) if args.out else None,
     )  # fmt: skip
     for name, path in paths.items():

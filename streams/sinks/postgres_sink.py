@@ -11,8 +11,16 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from streams.codecs import encode
 from streams.metrics import SINK_WRITES
 from streams.retry import retry_transient
+
+
+def jsonb(value: Any) -> Any:
+    """A ``jsonb`` parameter encoded like every Loopwise event (orjson, numpy natively)."""
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(value, dumps=lambda v: encode(v).decode())
 
 
 class PostgresRecords:

@@ -57,12 +57,12 @@ from agents.bandits.attribution import (
     Partial,
     Signal,
     apply_signals,
-    close_windows,
+    close_attribution_windows,
     encode_context,
     sum_context,
     sum_partials,
 )
-from agents.learning.segments import SEGMENTS
+from agents.learning.activity_segments import SEGMENTS
 from agents.learning.thompson import (
     linear_context,
 )
@@ -249,7 +249,7 @@ async def close_due(now_ms: int) -> None:
         if not due:
             continue
         records = [(k, r) for k in due if (r := get_record(k)) is not None]
-        expired = close_windows(partial, records, until, KEEP_DAYS)
+        expired = close_attribution_windows(partial, records, until, KEEP_DAYS)
         await save_partial(partition, partial)  # before the deletions: see attribution
         for key in expired:
             delete(bandits_table, partition, key)
@@ -391,7 +391,7 @@ async def announce_transitions(event: dict[str, Any]) -> None:
 
 
 @app.timer(interval=1.0, name=f"{settings.app_id}.bandit-windows")
-async def close_attribution_windows() -> None:
+async def attribution_window_timer() -> None:
     if not app.tables.recovery.completed.is_set() or app.rebalancing:
         return
     async with windows.lock:

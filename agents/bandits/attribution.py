@@ -310,7 +310,7 @@ def apply_signals(
     return changed
 
 
-def close_windows(
+def close_attribution_windows(
     partial: Partial, records: Iterable[tuple[str, dict[str, Any]]], until_ms: int, keep_days: int
 ) -> list[str]:
     """Count every pending record whose deadline passed ``until_ms`` as a failure.

@@ -12,7 +12,7 @@ Three agents, one per key that owns state (the values and pure steps are in
    observation to ``choices.customer_observations``, keyed by customer.
 2. ``choice-customers`` keeps each customer's stated preferences and choice behaviour in
    ``choice_customers``, classifies the segment after each observation
-   (``agents.learning.choice_segments``),
+   (``agents.learning.customer_segments``),
    emits ``customers.segments`` when it changes (plus Redis / PostgreSQL) and forwards every
    observation to ``choices.segment_observations``, keyed by segment.
 3. ``choice-segments`` fits each segment's conditional-logit model online, one Laplace
@@ -76,7 +76,7 @@ from agents.choices.state import (
     window_summary,
 )
 from agents.learning.choice_model import ChoiceModelConfig, PublishedWeights
-from agents.learning.choice_segments import SEGMENTS, SegmentRules
+from agents.learning.customer_segments import SEGMENTS, SegmentRules
 from streams.app import (
     admission,
     alerts_topic,

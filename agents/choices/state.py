@@ -13,7 +13,7 @@ The loop runs in three keyed stages, because the state it needs lives under thre
    as small interaction observations.
 2. **customers** (key ``customer_id``): behaviour and stated preferences per customer
    (:class:`CustomerState`) → segment (:func:`classify_customers`, the rules of
-   :mod:`agents.learning.choice_segments`); each observation goes on to
+   :mod:`agents.learning.customer_segments`); each observation goes on to
    ``choices.segment_observations`` keyed by the customer's segment, tagged with its source
    coordinates (partition, offset in stage 2's input).
 3. **segments** (key ``segment``): the per-segment conditional-logit model
@@ -57,7 +57,7 @@ from agents.learning.choice_model import (
     initial_state,
     publish_weights,
 )
-from agents.learning.choice_segments import (
+from agents.learning.customer_segments import (
     SEGMENTS,
     BehaviourSummary,
     SegmentAssignment,
@@ -585,7 +585,7 @@ def per_session_behaviour(
     """Chosen scores, mean shown scores and chosen price level of each chosen session.
 
     Only observations with a chosen candidate may be passed. Uses
-    :func:`agents.learning.choice_segments.summarise_behaviour` with one "customer" per
+    :func:`agents.learning.customer_segments.summarise_behaviour` with one "customer" per
     session, so the sums over a customer's sessions equal its summary.
     """
     n = len(observations)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from agents.learning.segments import SEGMENTS
+from agents.learning.activity_segments import SEGMENTS
 
 __all__ = [
     "BetaPosteriors",
@@ -103,7 +103,7 @@ def exploration_rate(segment: str, config: ExplorationConfig | None = None) -> f
 
     Parameters
     ----------
-    segment : one of :data:`agents.learning.segments.SEGMENTS`
+    segment : one of :data:`agents.learning.activity_segments.SEGMENTS`
     config : rates per segment; SPEC defaults (new 0.30, inactive 0.20, regular 0.10,
         power 0.05) when None
 

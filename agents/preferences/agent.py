@@ -30,6 +30,7 @@ import numpy as np
 from faust.types import StreamT
 
 from agents.bandits import agent as bandits
+from agents.learning.activity_segments import SegmentThresholds, classify
 from agents.learning.preference import (
     KIND_INDEX,
     EmaParams,
@@ -39,7 +40,6 @@ from agents.learning.preference import (
     window_contributions,
     window_rates,
 )
-from agents.learning.segments import SegmentThresholds, classify
 from agents.learning.spam import GuardConfig
 from agents.preferences.guard import IDLE_DROP_S, KEY_PREFIX, FeedbackGuard, UserGuard, guard_key
 from agents.preferences.state import (
@@ -166,7 +166,7 @@ class Worklist:
         return state
 
 
-def close_windows(work: Worklist, users: Iterable[str]) -> None:
+def close_implicit_windows(work: Worklist, users: Iterable[str]) -> None:
     """Apply the open windows of ``users`` as one EMA step each."""
     closed = [(u, w) for u in users if (w := work.states[u].close_window()) is not None]
     for user, _ in closed:
@@ -255,7 +255,7 @@ def apply_events(work: Worklist, valid: list[Valid], features: np.ndarray, now: 
     # Windows that expired before this batch close first, in arrival order.
     due = [u for u in users if work.states[u].has_window
            and work.states[u].window_opened <= now - settings.implicit_window_s * 1000]  # fmt: skip
-    close_windows(work, due)
+    close_implicit_windows(work, due)
 
     if explicit.any():
         alpha = learning_rates(kinds[explicit], strength[explicit], params)
@@ -277,7 +277,7 @@ def apply_events(work: Worklist, valid: list[Valid], features: np.ndarray, now: 
             state.add_to_window(sums[r], float(weights[r]), now)
             windows.opened.setdefault(users[r], state.window_opened)
         if settings.implicit_window_s == 0:
-            close_windows(work, [users[r] for r in touched])
+            close_implicit_windows(work, [users[r] for r in touched])
     for r in np.unique(owner):
         state = work.states[users[r]]
         state.version = max(state.version + 1, state.event_version())
@@ -513,6 +513,6 @@ async def close_due_windows() -> None:
                 windows.opened.pop(user, None)
                 continue
             work.states[user] = PreferenceState.unpack(blob)
-        close_windows(work, list(work.states))
+        close_implicit_windows(work, list(work.states))
         update_segments(work, list(work.states), now_ms())
         await persist_and_publish(work)

@@ -95,7 +95,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agents.learning.segments import SEGMENTS
+from agents.learning.activity_segments import SEGMENTS
 
 VectorDtype = Literal["int16", "float16", "float32"]
 VECTOR_DTYPES: tuple[VectorDtype, ...] = ("float32", "float16", "int16")  # index = flag code

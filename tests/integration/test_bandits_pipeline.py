@@ -24,7 +24,7 @@ import orjson
 import pytest
 import redis
 
-from agents.learning.segments import SEGMENTS
+from agents.learning.activity_segments import SEGMENTS
 from schemas.registry import get_schema
 from streams.harness import Deployment
 from streams.kafka_admin import producer

@@ -37,7 +37,7 @@ from agents.choices.simulation import (
     true_weights,
 )
 from agents.learning.choice_model import ChoiceModelConfig
-from agents.learning.choice_segments import SegmentRules
+from agents.learning.customer_segments import SegmentRules
 from streams.config import REPO_ROOT
 from streams.harness import Deployment
 

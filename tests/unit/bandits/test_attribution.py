@@ -8,7 +8,7 @@ from agents.bandits.attribution import (
     Partial,
     Signal,
     apply_signals,
-    close_windows,
+    close_attribution_windows,
     record_key,
     sum_partials,
 )
@@ -50,7 +50,7 @@ def test_first_click_is_one_success_later_clicks_nothing() -> None:
 def test_unanswered_impression_is_a_failure_when_its_window_closes() -> None:
     p, store = Partial(1, 2), Store()
     store.commit(apply_signals(p, [imp(0, 0, "a"), imp(1, 500, "b", algo=1)], store.get, WINDOW, 7))
-    expired = close_windows(p, store.data.items(), until_ms=1_200, keep_days=7)
+    expired = close_attribution_windows(p, store.data.items(), until_ms=1_200, keep_days=7)
     assert expired == [record_key("a")]  # b's deadline (1500) has not passed
     assert p.trials.tolist() == [[1, 0]] and p.successes.sum() == 0
     assert p.watermark == 1_200
@@ -61,7 +61,7 @@ def test_late_click_after_the_deadline_does_not_count() -> None:
     store.commit(apply_signals(p, [imp(0, 0, "a")], store.get, WINDOW, 7))
     store.commit(apply_signals(p, [click(1, WINDOW + 1, "a")], store.get, WINDOW, 7))
     assert p.successes.sum() == 0
-    close_windows(p, store.data.items(), until_ms=WINDOW + 1, keep_days=7)
+    close_attribution_windows(p, store.data.items(), until_ms=WINDOW + 1, keep_days=7)
     assert p.trials.sum() == 1 and p.successes.sum() == 0
 
 
@@ -93,15 +93,17 @@ def test_crash_between_record_and_partial_writes_is_repaired_by_the_replay(persi
 
     assert restored.trials.tolist() == [[2, 0]]  # a and c succeeded, once each
     assert restored.successes.tolist() == [[2, 0]]
-    close_windows(restored, store.data.items(), until_ms=5_000, keep_days=7)
+    close_attribution_windows(restored, store.data.items(), until_ms=5_000, keep_days=7)
     assert restored.trials.tolist() == [[2, 1]] and restored.successes.tolist() == [[2, 0]]
 
 
 def test_closing_again_after_a_crash_does_not_count_twice() -> None:
     p, store = Partial(1, 1), Store()
     store.commit(apply_signals(p, [imp(0, 0, "a"), imp(1, 0, "b")], store.get, WINDOW, 7))
-    close_windows(p, store.data.items(), until_ms=2_000, keep_days=7)  # deletions then lost
-    close_windows(p, store.data.items(), until_ms=2_500, keep_days=7)
+    close_attribution_windows(
+        p, store.data.items(), until_ms=2_000, keep_days=7
+    )  # deletions then lost
+    close_attribution_windows(p, store.data.items(), until_ms=2_500, keep_days=7)
     assert p.trials.sum() == 2
     # an impression replayed after its window was closed is not re-opened
     assert apply_signals(p, [imp(0, 0, "a")], lambda key: None, WINDOW, 7) == {}

@@ -1,6 +1,6 @@
 """Discounted and contextual modes of the bandits agent, through its pure update path.
 
-The path is the agent's own: signals → :func:`apply_signals` / :func:`close_windows` on
+The path is the agent's own: signals → :func:`apply_signals` / :func:`close_attribution_windows` on
 per-partition partials → :func:`agents.bandits.agent.posteriors` (summing the partials, as the
 publisher does) → :func:`agents.bandits.agent.segment_weights` → serving weights. Only the broker,
 the tables and the timers are left out.
@@ -18,7 +18,7 @@ from agents.bandits.attribution import (
     Partial,
     Signal,
     apply_signals,
-    close_windows,
+    close_attribution_windows,
     encode_context,
     sum_context,
     sum_discounted,
@@ -47,7 +47,7 @@ class Partition:
         self.records.update(apply_signals(self.partial, signals, self.records.get, WINDOW_MS, 8))
 
     def close(self, until_ms: int) -> None:
-        for key in close_windows(self.partial, list(self.records.items()), until_ms, 8):
+        for key in close_attribution_windows(self.partial, list(self.records.items()), until_ms, 8):
             del self.records[key]
 
 
@@ -114,7 +114,7 @@ def test_discounted_counts_survive_the_wire_and_replays_change_nothing() -> None
     replay = [Signal(o, ts, k, i, a, 0 if a >= 0 else -1) for o, (k, ts, i, a, _) in
               enumerate(batch)]  # fmt: skip
     apply_signals(restored, replay, part.records.get, WINDOW_MS, 8)
-    close_windows(restored, list(part.records.items()), 5_000, 8)
+    close_attribution_windows(restored, list(part.records.items()), 5_000, 8)
     np.testing.assert_array_equal(restored.d_successes, before[0])
     np.testing.assert_array_equal(restored.d_failures, before[1])
     # a's failure weighs by its impression time (1 s before the reference): 2**(−0.1)

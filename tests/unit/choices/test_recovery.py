@@ -20,7 +20,7 @@ from agents.choices.simulation import (
     true_weights,
 )
 from agents.learning.choice_model import ChoiceModelConfig
-from agents.learning.choice_segments import SegmentRules
+from agents.learning.customer_segments import SegmentRules
 
 CONFIG = ChoiceModelConfig(factors=FACTORS)  # the worker's defaults: bounds 0.02..0.6
 N_CHOICES = 20_000

@@ -11,7 +11,7 @@ import pytest
 
 from agents.choices import state as cs
 from agents.learning.choice_model import ChoiceModelConfig
-from agents.learning.choice_segments import SegmentRules, classify_segments, summarise_behaviour
+from agents.learning.customer_segments import SegmentRules, classify_segments, summarise_behaviour
 
 FACTORS = ("price", "quality", "speed", "proximity")
 NOW = 1_700_000_000_000

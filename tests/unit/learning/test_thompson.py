@@ -483,7 +483,7 @@ def test_linear_thompson_round_trips_through_json_and_validates() -> None:
 # Module hygiene
 # ------------------------------------------------------------------------------------------
 
-MY_MODULES = ["thompson", "autodisable", "offpolicy", "segments", "spam"]
+MY_MODULES = ["thompson", "autodisable", "offpolicy", "activity_segments", "spam"]
 
 
 @pytest.mark.parametrize("name", MY_MODULES)

@@ -1,4 +1,4 @@
-"""Tests of agents.learning.segments against the SPEC §2 rules, element by element."""
+"""Tests of agents.learning.activity_segments against the SPEC §2 rules, element by element."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.learning.segments import SEGMENTS, SegmentThresholds, changed_segments, classify
+from agents.learning.activity_segments import (
+    SEGMENTS,
+    SegmentThresholds,
+    changed_segments,
+    classify,
+)
 
 DAY = 86_400.0
 NOW = 1_700_000_000.0

@@ -1,11 +1,11 @@
-"""Tests for agents.learning.choice_segments (rule-based customer segments)."""
+"""Tests for agents.learning.customer_segments (rule-based customer segments)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agents.learning.choice_segments import (
+from agents.learning.customer_segments import (
     SEGMENTS,
     BehaviourSummary,
     SegmentRules,

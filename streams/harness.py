@@ -24,8 +24,10 @@ from typing import Any
 
 import orjson
 
+from streams.codecs import key_of
 from streams.config import REPO_ROOT, Settings
 from streams.kafka_admin import admin, create_topics, producer, read_topic
+from streams.topics import get_topic
 
 
 def free_port() -> int:
@@ -103,6 +105,13 @@ class Worker:
                 self.process.wait(timeout=10)
 
 
+def _key_of_raw(raw: bytes, key_field: str) -> bytes:
+    try:
+        return key_of(orjson.loads(raw), key_field).encode()
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return b"raw"
+
+
 @dataclass
 class Deployment:
     """One isolated Loopwise deployment (prefix, app id) on the shared services."""
@@ -167,15 +176,25 @@ class Deployment:
         return worker
 
     def produce(
-        self, topic_name: str, events: Iterable[dict[str, Any] | bytes], key_field: str = "user_id"
+        self,
+        topic_name: str,
+        events: Iterable[dict[str, Any] | bytes],
+        key_field: str | None = None,
     ) -> int:
+        """Produce events keyed by ``key_field`` (default: the topic's registry key, as
+        every producer must: streams.partitioning); raw bytes are keyed by that field when
+        they parse as an object that has it, else ``raw``."""
         prod = producer(self.settings)
+        field_name = key_field or get_topic(topic_name).key_field
         count = 0
         for ev in events:
             if isinstance(ev, bytes):
-                prod.produce(self.topic(topic_name), key=b"raw", value=ev)
+                prod.produce(self.topic(topic_name), key=_key_of_raw(ev, field_name), value=ev)
             else:
-                key = str(ev.get(key_field, "none")).encode()
+                try:
+                    key = key_of(ev, field_name).encode()
+                except (KeyError, TypeError):
+                    key = b"none"
                 prod.produce(self.topic(topic_name), key=key, value=orjson.dumps(ev))
             count += 1
             if count % 1000 == 0:

@@ -5,10 +5,10 @@ Run with ``python -m bench.bench_experiments [--json]``.
 Absolute figures on a shared machine move from run to run, so each is printed beside a
 baseline measured in the same run:
 
-* assignment (SPEC target <= 5 us per call) against one bare
+* assignment (target <= 5 us per call) against one bare
   ``hashlib.sha256(message).digest()`` on the same message length -- the floor of any
   SHA-256 based recipe; ours needs one hash for the traffic gate plus one per variant;
-* result recompute (SPEC target <= 10 ms) for an experiment with 4 variants against
+* result recompute (target <= 10 ms) for an experiment with 4 variants against
   ``scipy.stats.ttest_ind_from_stats`` for the 3 comparisons -- the bare cost of the core
   test without intervals, corrections, SRM, Bayesian and sequential statistics.
 

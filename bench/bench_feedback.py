@@ -25,7 +25,7 @@ users. Measured in the same run, over the same events:
     group's committed offsets reached the end (lag 0). Producing takes a fraction of that
     time and happens while the worker consumes; the figure is printed.
 
-The ratios (c)/(a) and (c)/(b) are printed with the SPEC §8 targets (>= 0.5x the ceiling,
+The ratios (c)/(a) and (c)/(b) are printed with their targets (>= 0.5x the ceiling,
 >= 3x the naive agent). Then the worker is restarted (its group is at the end of the
 topic) and event -> weight-event latency is measured at fixed offered rates: each event
 carries its produce time in ``ts`` (ms); a consumer in this process records when each

@@ -13,7 +13,7 @@ Each case builds that dict for N users (default 1 000 000, ``LOOPWISE_ITEM_DIM``
 vectors, 32 by default) in a fresh subprocess and measures it twice: Python allocations
 traced by ``tracemalloc`` (the figure compared with the target) and the process RSS delta.
 The baseline, measured the same way in the same run, is a plain numpy ``(N, D)`` float32
-array -- the vectors alone, nothing per user. SPEC §8 target: <= 300 MB per worker for 1M
+array -- the vectors alone, nothing per user. Target: <= 300 MB per worker for 1M
 users x 32 dimensions.
 
 Cases (the value layouts are described in :mod:`agents.preferences.state`; layout 2 with

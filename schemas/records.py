@@ -106,7 +106,7 @@ class Deadletter(EventRecord):
 
 
 class Decisions(EventRecord):
-    """A production decision log of an AI component (seed 004 schema): method, confidence,
+    """A production decision log of an AI component: method, confidence,
     timing, success and quality labels; with a propensity for off-policy evaluation."""
 
     event_id: str

@@ -50,7 +50,7 @@ app = LoopwiseApp(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap_servers}",
     # The memory store rebuilds tables from their changelogs on start; the changelog, not
-    # local disk, is the source of truth (see README: state and recovery).
+    # local disk, is the source of truth (docs/guarantees.md).
     store="memory://",
     datadir=str(settings.data_dir),
     topic_partitions=settings.partitions,

@@ -1,8 +1,8 @@
 """Typed settings read from the environment, validated once at start-up.
 
-Every knob has an environment variable (see ``SETTINGS_DOC`` / the README table). A bad value
-stops the process with a message naming the variable, the value and what was expected,
-instead of failing later inside a library.
+Every knob has an environment variable (``loopwise config``; docs/configuration.md is
+generated from it). A bad value stops the process with a message naming the variable, the
+value and what was expected, instead of failing later inside a library.
 """
 
 from __future__ import annotations
@@ -357,7 +357,7 @@ class Settings:
     # Replays are made idempotent by the per-topic offset watermark in each user's state;
     # ids only catch the same event produced twice at different offsets (producer retries,
     # within seconds or minutes), which the horizon covers. Keeping ids beyond it cost
-    # ~190 B per quiet user (16 ids), most of the SPEC's 300 MB per 1M users.
+    # ~190 B per quiet user (16 ids), most of the 300 MB per 1M users target.
     dedupe_ids: int = _setting(
         0,
         "LOOPWISE_DEDUPE_IDS",
@@ -1127,7 +1127,7 @@ def _shown(value: Any) -> str:
 
 
 def settings_table() -> list[tuple[str, str, str]]:
-    """(env var, default, description) rows for the README and ``loopwise config``."""
+    """(env var, default, description) rows for docs/configuration.md and ``loopwise config``."""
     rows = []
     for f in fields(Settings):
         spec: Setting = f.metadata["setting"]

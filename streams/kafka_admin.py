@@ -52,7 +52,7 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create every registry topic that is missing; report the ones that exist.
 
     Idempotent. An existing topic with a different partition count is reported, not
-    changed: adding partitions moves keys (see README, "Adding partitions"). Every topic's
+    changed: adding partitions moves keys (docs/operations.md, "Adding partitions"). Every topic's
     ``max.message.bytes`` is set to the settings' record limit, existing topics included.
     """
     client = admin(settings)

@@ -23,7 +23,7 @@ class Direction(Enum):
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """One topic of SPEC §1.
+    """One topic of the registry.
 
     ``key_field`` names the event field whose value is the Kafka key; ``compacted`` topics
     keep the latest value per key forever; the others are deleted after ``retention_ms``.

@@ -1,4 +1,4 @@
-"""User activity segments: new, inactive, power, regular (SPEC §2).
+"""User activity segments: new, inactive, power, regular.
 
 Rules, applied in this order (the first that matches wins):
 
@@ -61,7 +61,7 @@ def classify(
     interactions : (n,) int interaction counts
     last_active_ts : (n,) float timestamps in seconds of the last activity; NaN if none
     now_ts : scalar or (n,) current time in seconds
-    thresholds : segment thresholds, SPEC defaults when None
+    thresholds : segment thresholds, the defaults when None
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """Automatic disabling and re-probing of algorithms whose click-through rate is confidently low.
 
 Per algorithm (arm) a sliding window of daily buckets counts impressions and clicks
-(:class:`WindowedCTR`). The rule of SPEC §2: an enabled arm is **disabled** when its window
+(:class:`WindowedCTR`). The rule: an enabled arm is **disabled** when its window
 holds at least ``min_impressions`` impressions and the upper limit of the Clopper–Pearson
 interval of its CTR is below ``threshold`` (0.5 %). After ``cooldown_s`` a disabled arm is
 **probed** with a small share of traffic; once the probe has ``min_impressions`` impressions it

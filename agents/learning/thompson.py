@@ -80,7 +80,7 @@ def _as_alpha_beta(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.
 
 @dataclass(frozen=True)
 class ExplorationConfig:
-    """Exploration rate ε per user segment (SPEC §2 defaults).
+    """Exploration rate ε per user segment.
 
     >>> ExplorationConfig(new=0.4).new
     0.4
@@ -104,7 +104,7 @@ def exploration_rate(segment: str, config: ExplorationConfig | None = None) -> f
     Parameters
     ----------
     segment : one of :data:`agents.learning.activity_segments.SEGMENTS`
-    config : rates per segment; SPEC defaults (new 0.30, inactive 0.20, regular 0.10,
+    config : rates per segment; defaults (new 0.30, inactive 0.20, regular 0.10,
         power 0.05) when None
 
     >>> exploration_rate("new"), exploration_rate("power")

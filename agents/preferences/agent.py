@@ -366,7 +366,8 @@ async def reject_foreign_partition(valid: list[Valid]) -> list[Valid]:
     """Events of users whose state lives on another partition are refused, not applied:
     the offset watermarks are one partition's, so on another partition an event could be
     taken for a replay and dropped. Input that passed the boundary's partition check only
-    gets here after the topic's partition count changed (see README, "Adding partitions")."""
+    gets here after the topic's partition count changed (docs/operations.md, "Adding
+    partitions")."""
     kept = []
     for v in valid:
         blob = read_value(v.payload["user_id"])

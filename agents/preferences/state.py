@@ -22,10 +22,10 @@ outside stream iteration and must name it).
 
 Vector storage (``LOOPWISE_VECTOR_DTYPE``, see :func:`set_vector_dtype`)
 --------------------------------------------------------------------------
-SPEC §2/§8 ask for <= 300 MB per 1M users x 32 dims. A faust memory store costs ~95 B per
-user before the value (key ``str`` 64 B, dict slot ~31 B) and a ``bytes`` object 33 B more,
-so a 128-byte float32 vector plus any header cannot fit. The vector is therefore stored in
-16 bits per component by default:
+The memory target is <= 300 MB per 1M users x 32 dims (docs/benchmarks.md). A faust memory
+store costs ~95 B per user before the value (key ``str`` 64 B, dict slot ~31 B) and a
+``bytes`` object 33 B more, so a 128-byte float32 vector plus any header cannot fit. The
+vector is therefore stored in 16 bits per component by default:
 
 * ``int16`` (default): block floating point — one int8 power-of-two exponent per vector and
   int16 mantissas, so every component has the same absolute step ``2**exp`` with

@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and bytes) to its source topic if it passes validation now; the others stay where "
             "they are. Run it after fixing the cause (a missing item, a late session). A second "
             "run sends the originals again: agents drop event ids they have seen recently "
-            "(README, Delivery guarantees), and one that fails again is dead-lettered again."
+            "(docs/guarantees.md), and one that fails again is dead-lettered again."
         ),
     )
     replay.add_argument("--limit", type=int, default=None, help="read at most N dead letters")

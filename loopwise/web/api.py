@@ -6,8 +6,8 @@
                                         (per user in contextual mode)
 ``GET  /segments/{segment}/scoring-weights``  the segment's choice-scoring weights
 
-Fallbacks when a Redis key is missing (documented in the README): weights and strategy fall
-back to PostgreSQL (``user_preferences``, ``algorithm_weights``); a user never seen is
+Fallbacks when a Redis key is missing (docs/operations.md, "HTTP endpoints"): weights and
+strategy fall back to PostgreSQL (``user_preferences``, ``algorithm_weights``); a user never seen is
 ``new`` and gets the ``new`` segment's weights, or uniform weights over the configured
 algorithms (``"source": "default"``) before anything was published; scoring weights fall
 back to the configured defaults (``"is_default": true``). Redis or PostgreSQL being down

@@ -41,7 +41,7 @@ VERSIONS = [
         for path in sorted((SCHEMA_DIR / "json").glob("*.schema.json"))
     )
 ]
-# Topics that producers outside Loopwise write to (SPEC section 1), plus the experiment
+# Topics that producers outside Loopwise write to (the input topics), plus the experiment
 # definitions that the API and CLI announce; their examples must cover more failure modes.
 INPUTS = {
     "feedback.explicit",

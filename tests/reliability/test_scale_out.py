@@ -2,7 +2,7 @@
 leaves; the partitions and the table state behind them move over and back, and the final
 state equals the ground truth with nothing lost or doubled.
 
-Prints its figures (events, partitions moved each way, time to rebalance) for the README
+Prints its figures (events, partitions moved each way, time to rebalance) for docs/operations.md
 and the issue's closing note."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests of agents.learning.activity_segments against the SPEC §2 rules, element by element."""
+"""Tests of agents.learning.activity_segments against the segment rules, element by element."""
 
 from __future__ import annotations
 

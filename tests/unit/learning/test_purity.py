@@ -1,4 +1,4 @@
-"""agents/learning/ imports only the standard library, numpy and scipy (STYLE §3)."""
+"""agents/learning/ imports only the standard library, numpy and scipy (docs/agents.md)."""
 
 from __future__ import annotations
 

@@ -178,7 +178,7 @@ def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
-    from agents.experiments.store import run_cli
+    from loopwise.cli.experiments import run_cli
 
     return run_cli(settings, args)
 

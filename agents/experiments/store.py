@@ -414,7 +414,7 @@ def ramp(conn: Any, experiment_id: str, traffic: Any, reason: str | None = None)
         updated = conn.execute(
             f"""UPDATE experiments SET
                     definition = jsonb_set(
-                        definition, '{{traffic_fraction}}', tojsonb(%s::float8)),
+                        definition, '{{traffic_fraction}}', to_jsonb(%s::float8)),
                     revision = revision + 1, updated_at = now()
                 WHERE experiment_id = %s
                 RETURNING {_COLUMNS}""",

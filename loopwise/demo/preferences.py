@@ -19,17 +19,22 @@ import numpy as np
 from agents.learning.preference import cosine_similarity
 from loopwise.demo import plot as demo_plot
 from loopwise.demo.common import Context, HumanClocks, Outcome, Scenario, due, feedback_event
+from streams.clock import now_ms
 
 DIM = 8
 N_ITEMS = 400
 LEARNED = 0.8  # mean cosine similarity that counts as learned
 
+# One of each way feedback goes wrong: not JSON, a rating out of range, an unknown item and
+# a clock at zero (ts 1 ms after 1970: timestamp_out_of_range).
 MALFORMED = [
     b"{this is not json",
-    b'{"event_id": "demo-bad", "schema_version": 1, "ts": 1, "user_id": "u", '
+    b'{"event_id": "demo-bad", "schema_version": 1, "ts": %d, "user_id": "u", '
     b'"item_id": "item-1", "kind": "rating", "value": 11}',
-    b'{"event_id": "demo-bad2", "schema_version": 1, "ts": 1, "user_id": "u", '
+    b'{"event_id": "demo-bad2", "schema_version": 1, "ts": %d, "user_id": "u", '
     b'"item_id": "no-such-item", "kind": "like"}',
+    b'{"event_id": "demo-bad3", "schema_version": 1, "ts": 1, "user_id": "u", '
+    b'"item_id": "item-1", "kind": "like"}',
 ]
 
 
@@ -105,7 +110,8 @@ class Preferences(Scenario):
             ctx.produce(topic, user, event)
             self.count += 1
             if self.rng.random() < 0.01:
-                ctx.produce("feedback.explicit", "u", MALFORMED[self.malformed % len(MALFORMED)])
+                bad = MALFORMED[self.malformed % len(MALFORMED)]
+                ctx.produce("feedback.explicit", "u", bad.replace(b"%d", str(now_ms()).encode()))
                 self.malformed += 1
 
     def observe(self, ctx: Context, elapsed: float) -> None:

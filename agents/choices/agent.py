@@ -263,8 +263,11 @@ class SessionWork:
         state = self.states.get(session_id)
         if state is None:
             blob = sessions_table.get(session_id)
-            state = SessionState.unpack(blob) if blob else SessionState()
-            state.partition = partition
+            if blob:
+                state = SessionState.unpack(blob)
+            else:
+                state = SessionState()
+                state.partition = partition
             self.states[session_id] = state
         return state
 
@@ -273,6 +276,16 @@ async def apply_recs_event(work: SessionWork, v: Valid, now: int) -> None:
     slot = _slot_of_topic[v.topic]
     session_id = v.payload["session_id"]
     state = work.load(session_id, v.partition)
+    if state.partition != v.partition:
+        # The offset watermarks are the home partition's: refused, never silently dropped.
+        await boundary.reject(
+            v.event,
+            "wrong_partition",
+            f"session {session_id!r} has its state on partition {state.partition}, this event "
+            f"arrived on partition {v.partition} (did the topic's partition count change?)",
+            state.partition,
+        )
+        return
     id_hash = event_id_hash(v.payload["event_id"])
     src = [slot, v.partition, v.offset]
     if v.offset <= state.offsets[slot]:

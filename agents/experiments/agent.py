@@ -340,22 +340,6 @@ class _UnitSlot:
     partition: int
 
 
-async def _refuse_foreign(exp: str, events: list[Valid], home: int) -> list[Valid]:
-    kept = []
-    for v in events:
-        if v.partition == home:
-            kept.append(v)
-        else:
-            await boundary.reject(
-                v.event,
-                "wrong_partition",
-                f"experiment {exp!r} has its state on partition {home}, this event arrived on "
-                f"partition {v.partition} (did the topic's partition count change?)",
-                home,
-            )
-    return kept
-
-
 async def process(valid: list[Valid]) -> None:
     groups: dict[str, list[Valid]] = {}
     for v in valid:
@@ -363,17 +347,9 @@ async def process(valid: list[Valid]) -> None:
     states: dict[str, ExperimentState | None] = {}
     partitions: dict[str, int] = {}
     refresh = []
-    for exp, events in list(groups.items()):
+    for exp, events in groups.items():
         blob = experiments_table.get(exp)
         states[exp] = ExperimentState.unpack(blob) if blob else None
-        home = states[exp].partition if states[exp] is not None else None  # type: ignore[union-attr]
-        if home is not None:
-            # The offset watermarks are the home partition's: an event from another one
-            # could be taken for a replay. Refused, never silently dropped.
-            events = groups[exp] = await _refuse_foreign(exp, events, home)
-            if not events:
-                del groups[exp]
-                continue
         partitions[exp] = events[0].partition
         has_data = any(_slot_of_topic[v.topic] != 2 for v in events)
         if has_data and (states[exp] is None or states[exp].status == "draft"):  # type: ignore[union-attr]
@@ -474,10 +450,10 @@ async def _apply_events(
             if slot != 2:
                 await boundary.reject(
                     v.event,
-                    "other",
+                    "wrong_partition",
                     f"experiment {exp!r} lives on partition {home} but this event came on "
-                    f"partition {v.partition}: every producer of experiments.* topics must "
-                    "key by experiment_id with the same partitioner",
+                    f"partition {v.partition} (did the topic's partition count change?)",
+                    home,
                 )
             continue
         if slot == 2:

@@ -174,6 +174,19 @@ class Boundary:
             expected_partition=expected_partition,
         )
 
+    async def refuse_foreign(self, v: Valid, what: str, home: int) -> None:
+        """Dead-letter an event of a key whose state lives on partition ``home``, not on the
+        event's: the state's offset watermarks are that partition's, so the event could be
+        taken for a replay and dropped. Only a change of a topic's partition count gets such
+        an event past :meth:`split`'s partition check."""
+        await self.reject(
+            v.event,
+            "wrong_partition",
+            f"{what} has its state on partition {home}, this event arrived on partition "
+            f"{v.partition} (did the topic's partition count change?)",
+            home,
+        )
+
     async def send_dead_letter(
         self,
         raw: bytes | None,

@@ -66,6 +66,19 @@ class Worker:
         except urllib.error.HTTPError as exc:
             return exc.code, orjson.loads(exc.read() or b"null")
 
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """The worker's ``/metrics`` samples called ``name``: (labels, value) each."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.url("/metrics"), timeout=5) as resp:
+            text = resp.read().decode()
+        return [
+            (sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]
+
     def alive(self) -> bool:
         return self.process.poll() is None
 

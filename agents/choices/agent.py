@@ -277,14 +277,7 @@ async def apply_recs_event(work: SessionWork, v: Valid, now: int) -> None:
     session_id = v.payload["session_id"]
     state = work.load(session_id, v.partition)
     if state.partition != v.partition:
-        # The offset watermarks are the home partition's: refused, never silently dropped.
-        await boundary.reject(
-            v.event,
-            "wrong_partition",
-            f"session {session_id!r} has its state on partition {state.partition}, this event "
-            f"arrived on partition {v.partition} (did the topic's partition count change?)",
-            state.partition,
-        )
+        await boundary.refuse_foreign(v, f"session {session_id!r}", state.partition)
         return
     id_hash = event_id_hash(v.payload["event_id"])
     src = [slot, v.partition, v.offset]

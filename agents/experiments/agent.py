@@ -448,13 +448,7 @@ async def _apply_events(
         if home is not None and v.partition != home:
             # Offsets of two partitions cannot be compared: refuse rather than lose events.
             if slot != 2:
-                await boundary.reject(
-                    v.event,
-                    "wrong_partition",
-                    f"experiment {exp!r} lives on partition {home} but this event came on "
-                    f"partition {v.partition} (did the topic's partition count change?)",
-                    home,
-                )
+                await boundary.refuse_foreign(v, f"experiment {exp!r}", home)
             continue
         if slot == 2:
             if state is None:

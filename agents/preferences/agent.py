@@ -375,13 +375,7 @@ async def reject_foreign_partition(valid: list[Valid]) -> list[Valid]:
         if home == v.partition:
             kept.append(v)
             continue
-        await boundary.reject(
-            v.event,
-            "wrong_partition",
-            f"user {v.payload['user_id']!r} has its state on partition {home}, this event "
-            f"arrived on partition {v.partition} (did the topic's partition count change?)",
-            home,
-        )
+        await boundary.refuse_foreign(v, f"user {v.payload['user_id']!r}", home)
     return kept
 
 

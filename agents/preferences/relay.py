@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -145,13 +146,15 @@ class ImplicitRelay:
                 self._catalog_loaded = catalog.wait_caught_up(1.0)
                 if not self._catalog_loaded:
                     log.info("implicit relay: waiting for the item catalog to load")
+            lag_read = 0.0
             while not self._stop.is_set():
                 messages = consumer.consume(settings.relay_max_events, settings.relay_within_s)
                 if messages:
                     with faults.armed():
                         self._relay_batch(consumer, out, messages)
                     self.health.succeeded()
-                self.lag_estimate = self._lag(consumer)
+                if time.monotonic() - lag_read >= 1.0:  # /ready's view, not per batch
+                    self.lag_estimate, lag_read = self._lag(consumer), time.monotonic()
         finally:
             out.flush(FLUSH_TIMEOUT_S)
             consumer.close()  # leaves the group at once: the partitions move without waiting

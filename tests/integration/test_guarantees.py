@@ -21,7 +21,6 @@ import hashlib
 import subprocess
 import sys
 import time
-import urllib.request
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streams.clock import now_ms
 from streams.codecs import key_of, original_limit
 from streams.config import REPO_ROOT
 from streams.harness import Deployment, Worker
@@ -40,6 +40,7 @@ from streams.topics import TOPICS, Direction
 from tests.integration.conftest import isolated_deployment
 from tests.integration.helpers import wait_for
 from tests.integration.java_producer import run_java_producer
+from tests.reliability.workload import group_positions
 
 pytestmark = pytest.mark.integration
 
@@ -73,10 +74,6 @@ def worker(dep: Deployment) -> Worker:
     ]  # fmt: skip
     dep.produce("items", items, key_field="item_id")
     return dep.start_worker()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def event(user: str, n: int, kind: str = "like", ts: int | None = None, **extra: Any) -> dict:
@@ -271,14 +268,8 @@ def valid_example(name: str, suffix: str) -> dict[str, Any]:
 
 
 def metric(w: Worker, name: str, **labels: str) -> float:
-    """The sum of a counter's series on the worker's /metrics that carry ``labels``."""
-    with urllib.request.urlopen(w.url("/metrics"), timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """The sum of a counter's series on the worker that carry ``labels``."""
+    return sum(v for got, v in w.samples(name) if labels.items() <= got.items())
 
 
 def input_topics() -> list[tuple[str, str]]:
@@ -357,27 +348,14 @@ def test_large_invalid_input_on_every_input_topic_is_dead_lettered_once(
 def lag(dep: Deployment) -> int:
     """Uncommitted records of the input topics, summed over the worker's two groups (faust's
     and the implicit relay's)."""
-    total = 0
-    for group, names in (
-        (dep.settings.app_id, [n for n, _ in input_topics() if n != "feedback.implicit"]),
-        (f"{dep.settings.app_id}.implicit-relay", ["feedback.implicit"]),
-    ):
-        consumer = Consumer({"bootstrap.servers": dep.settings.kafka_bootstrap_servers,
-                             "group.id": group, "enable.auto.commit": False})  # fmt: skip
-        try:
-            tps = [TopicPartition(dep.topic(n), p) for n in names for p in range(PARTITIONS)]
-            tps = [tp for tp in tps if _exists(consumer, tp)]
-            for tp in consumer.committed(tps, timeout=10):
-                _, high = consumer.get_watermark_offsets(tp, timeout=10)
-                total += high - max(tp.offset, 0)
-        finally:
-            consumer.close()
-    return total
-
-
-def _exists(consumer: Consumer, tp: TopicPartition) -> bool:
-    meta = consumer.list_topics(tp.topic, timeout=10).topics.get(tp.topic)
-    return meta is not None and tp.partition in meta.partitions
+    relay_group = f"{dep.settings.app_id}.implicit-relay"
+    return sum(
+        end - committed
+        for name, _ in input_topics()
+        for committed, end in group_positions(
+            dep, name, relay_group if name == "feedback.implicit" else None
+        ).values()
+    )
 
 
 def test_timestamps_far_from_the_record_time_are_dead_lettered_the_rest_learned(

@@ -20,9 +20,7 @@ import base64
 import contextlib
 import os
 import random
-import re
 import time
-import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -180,11 +178,9 @@ def lagging(dep: Deployment) -> dict[str, dict[int, tuple[int, int]]]:
 
 def injected_faults(worker: Worker) -> dict[str, int]:
     """``loopwise_faults_injected_total`` per point, from the worker's /metrics."""
-    with urllib.request.urlopen(worker.url("/metrics"), timeout=5) as resp:
-        text = resp.read().decode()
     counts: dict[str, int] = {}
-    for m in re.finditer(r'^loopwise_faults_injected_total\{point="([^"]+)"\} (\S+)$', text, re.M):
-        counts[m.group(1)] = counts.get(m.group(1), 0) + int(float(m.group(2)))
+    for labels, value in worker.samples("loopwise_faults_injected_total"):
+        counts[labels["point"]] = counts.get(labels["point"], 0) + int(value)
     return counts
 
 

@@ -283,8 +283,11 @@ def quarantine_summary(dep: Deployment) -> str:
     return f"{sum(reasons.values())} quarantined: {dict(reasons)}"
 
 
-def group_positions(dep: Deployment, topic_name: str) -> dict[int, tuple[int, int]]:
-    """Per partition of ``topic_name``: (the app's committed offset, the end offset).
+def group_positions(
+    dep: Deployment, topic_name: str, group: str | None = None
+) -> dict[int, tuple[int, int]]:
+    """Per partition of ``topic_name``: (the committed offset of ``group``, by default the
+    app's, and the end offset).
 
     Read with a consumer that carries the app's group id but never subscribes, so it does
     not join the group (the admin call may block while the group rebalances)."""
@@ -293,7 +296,7 @@ def group_positions(dep: Deployment, topic_name: str) -> dict[int, tuple[int, in
     consumer = Consumer(
         {
             "bootstrap.servers": dep.settings.kafka_bootstrap_servers,
-            "group.id": dep.settings.app_id,
+            "group.id": group or dep.settings.app_id,
             "enable.auto.commit": False,
         }
     )

@@ -5,38 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from agents.choices import agent as choices
 from agents.choices.state import CHOICE, Pending
 from schemas.registry import get_schema
-
-
-@dataclass
-class Message:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass
-class Event:
-    message: Message
-
-
-class Topic:
-    """Stands in for the dead-letter topic: keeps what is sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, dict[str, Any]]] = []
-
-    async def send(self, *, key: bytes, value: bytes) -> None:
-        self.sent.append((key, orjson.loads(value)))
+from tests.unit.fakes import Event, Message, Topic
 
 
 def test_a_waiting_choice_is_dead_lettered_like_a_rejected_message(monkeypatch):

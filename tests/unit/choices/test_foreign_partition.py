@@ -5,37 +5,13 @@ Only a change of the topic's partition count gets such an event past the boundar
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from agents.choices import agent as choices
 from agents.choices.state import SessionState
 from streams.boundary import Valid
-
-
-@dataclass
-class Message:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float = 0.0
-
-
-@dataclass
-class Event:
-    message: Message
-
-
-class Topic:
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    async def send(self, *, key: bytes, value: bytes) -> None:
-        self.sent.append(orjson.loads(value))
+from tests.unit.fakes import Event, Message, Topic
 
 
 def test_an_event_from_another_partition_is_dead_lettered_not_applied(monkeypatch) -> None:
@@ -50,7 +26,7 @@ def test_an_event_from_another_partition_is_dead_lettered_not_applied(monkeypatc
     event = Event(Message(name, 3, 7, b"s1", orjson.dumps(payload)))
     work = choices.SessionWork()
     asyncio.run(choices.apply_recs_event(work, Valid(payload, event), now=0))  # type: ignore[arg-type]
-    [letter] = topic.sent
+    [(_, letter)] = topic.sent
     assert letter["error_kind"] == "wrong_partition"
     assert letter["expected_partition"] == 1
     assert (letter["source"]["partition"], letter["source"]["offset"]) == (3, 7)
